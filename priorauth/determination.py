@@ -1,0 +1,116 @@
+"""The determination: the one place that defines the output JSON (spec section 3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import policy as P
+from .dosing import compute as compute_dosing
+from .evaluate import MET, NOT_MET, UNKNOWN, Result, evaluate_node, make_context
+from .referral import Referral
+
+OUTCOMES = {MET: "meets_criteria", UNKNOWN: "missing_documentation", NOT_MET: "not_eligible"}
+
+
+@dataclass
+class Determination:
+    referral: Referral
+    policy: Optional[P.Policy]
+    determination: str
+    result: Optional[Result]
+    pathways_met: list[str]
+    missing: list[str]
+    dosing: Optional[dict]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def referral_id(self) -> str:
+        return self.referral.referral_id
+
+    def criteria(self) -> list[dict]:
+        """Every node of the policy tree, depth first, with its parent's id."""
+        if self.result is None:
+            return []
+        out = []
+        for r, parent in self.result.walk():
+            out.append({
+                "id": r.node.id,
+                "label": r.node.label,
+                "status": r.status,
+                "reason": r.reason,
+                "evidence": [e.to_dict() for e in r.evidence],
+                "parent": parent,
+                "pathway": r.node.pathway,
+                "source": r.node.source,
+                "verified": r.node.verified,
+            })
+        return out
+
+    def reasons(self) -> list[str]:
+        """Why it is not eligible: the failed criteria that decided it, in words."""
+        if self.result is None:
+            return [f"no {self.referral.request.therapy} policy covers "
+                    f"{', '.join(d.code for d in self.referral.diagnoses)}"] if self.policy is None else []
+        out: list[str] = []
+
+        def visit(r: Result) -> None:
+            if r.status != NOT_MET:
+                return
+            if not r.children:
+                out.append(f"{r.node.label}: {r.reason}")
+            for child in r.children:
+                visit(child)
+
+        visit(self.result)
+        return out
+
+    def policy_ref(self) -> Optional[dict]:
+        p = self.policy
+        if p is None:
+            return None
+        return {"id": p.id, "payer": p.payer, "version": p.version, "effective": p.effective.isoformat(),
+                "title": p.title, "sources": [s.citation for s in p.sources.values()]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "referral_id": self.referral_id,
+            "determination": self.determination,
+            "as_of": self.referral.date.isoformat(),
+            "request_type": self.referral.request.request_type,
+            "policy": self.policy_ref(),
+            "pathways_met": self.pathways_met,
+            "criteria": self.criteria(),
+            "missing": self.missing,
+            "reasons": self.reasons(),
+            "dosing": self.dosing,
+            "warnings": self.warnings,
+        }
+
+
+def determine(referral: Referral, criteria: P.Criteria, warnings: list[str] | None = None) -> Determination:
+    """Referral + criteria -> determination. Pure: the as-of date is the referral's.
+
+    `warnings` carries what reading the referral noticed (a FHIR import's unmapped data).
+    """
+    codes = [d.code for d in referral.diagnoses]
+    policy = P.select_policy(criteria, referral.request.therapy, codes, referral.coverage.payer, referral.date)
+    warnings = list(warnings or [])
+    if policy is None:
+        ctx_warnings = warnings
+        for i, t in enumerate(referral.treatments):
+            if criteria.vocabulary.generic(t.drug) is None:
+                ctx_warnings.append(f"unknown drug name {t.drug!r} (treatments[{i}]): not counted")
+        dosing = compute_dosing(referral, criteria.products, 30, ctx_warnings)
+        return Determination(referral, None, "not_eligible", None, [],
+                             [], dosing,
+                             [f"no {referral.request.therapy} policy covers {', '.join(codes)}"] + ctx_warnings)
+    ctx = make_context(referral, criteria, policy, warnings)
+    result = evaluate_node(policy.criteria, ctx)
+    pathways = [r.node.id for r, _ in result.walk() if r.node.pathway and r.status == MET]
+    return Determination(referral, policy, OUTCOMES[result.status], result, pathways,
+                         result.missing, ctx.dosing, _unique(warnings))
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))

@@ -1,0 +1,460 @@
+"""Criteria files as pydantic models: policies, the drug vocabulary and the product table.
+
+A policy is a tree of `all_of` / `any_of` / `at_least` nodes over typed leaves. The leaf
+types are the only medical *mechanisms* in Python (evaluate.py); which leaves a policy
+uses, with which codes, drugs, lengths and citations, is data in `criteria/`.
+
+A policy may `extends:` another and change only what differs: `parameters`, any top-level
+field, nodes replaced by id (`replace`), children appended to a node (`add`), or nodes
+removed (`remove`).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from datetime import date as Date
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+
+from .errors import CriteriaError
+from .referral import _Loader, IsoDate, normalize_icd10
+
+DEFAULT_CRITERIA = Path(__file__).resolve().parent.parent / "criteria"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------ vocabulary
+
+
+class DrugClass(_Strict):
+    label: str
+    systemic_routes: list[str] = []
+    includes: list[str] = []
+
+
+class Drug(_Strict):
+    classes: list[str]
+    default_route: Optional[str] = None
+    brands: list[str] = []
+    aliases: list[str] = []
+
+
+def name_key(name: str) -> str:
+    return re.sub(r"\s+", " ", name.strip().casefold())
+
+
+class Vocabulary(_Strict):
+    classes: dict[str, DrugClass]
+    drugs: dict[str, Drug]
+
+    @cached_property
+    def _index(self) -> dict[str, str]:
+        index: dict[str, str] = {}
+        for generic, drug in self.drugs.items():
+            for name in (generic, *drug.brands, *drug.aliases):
+                index[name_key(name)] = generic
+        return index
+
+    def generic(self, name: str) -> Optional[str]:
+        """Generic name for a generic, brand or alias name (case-insensitive); None if unknown."""
+        return self._index.get(name_key(name))
+
+    def members(self, class_id: str) -> set[str]:
+        """Classes a class stands for, itself included (steroid_sparing -> its parts)."""
+        out = {class_id}
+        for part in self.classes[class_id].includes if class_id in self.classes else []:
+            out |= self.members(part)
+        return out
+
+    def in_class(self, generic: str, class_id: str, route: Optional[str]) -> bool:
+        """Is this drug, by this route, a systemic member of the class?"""
+        drug = self.drugs[generic]
+        route = route or drug.default_route
+        wanted = self.members(class_id)
+        return any(c in wanted and route in self.classes[c].systemic_routes for c in drug.classes)
+
+    def label(self, class_id: str) -> str:
+        return self.classes[class_id].label if class_id in self.classes else class_id.replace("_", " ")
+
+
+class BillingUnit(_Strict):
+    amount: float = Field(gt=0)
+    of: Literal["g", "mg"]
+
+
+class Product(_Strict):
+    therapy: Literal["ivig", "scig", "rituximab"]
+    hcpcs: str
+    unit: BillingUnit
+    vials: list[float] = []
+    vial_unit: Literal["g", "mg"] = "g"
+    aliases: list[str] = []
+    stabilizer: Optional[str] = None
+    verified: bool = True
+    note: Optional[str] = None
+
+    @field_validator("hcpcs")
+    @classmethod
+    def _hcpcs(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-V]\d{4}", value):
+            raise ValueError(f"{value!r} is not a HCPCS Level II code (letter and four digits)")
+        return value
+
+
+class ProductTable(_Strict):
+    products: dict[str, Product]
+
+    @cached_property
+    def _index(self) -> dict[str, str]:
+        return {name_key(n): brand for brand, p in self.products.items() for n in (brand, *p.aliases)}
+
+    def find(self, name: str) -> Optional[tuple[str, Product]]:
+        brand = self._index.get(name_key(name))
+        return (brand, self.products[brand]) if brand else None
+
+
+# ------------------------------------------------------------------ policy tree
+
+ParamRef = str  # "$name" refers to a policy parameter, resolved when the policy loads
+
+
+class NodeBase(_Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    label: str
+    source: Optional[str] = Field(default=None, description="key into the policy's sources")
+    verified: bool = True
+    note: Optional[str] = None
+    document: Optional[str] = Field(default=None, description="what to add to the chart when this is unknown")
+    pathway: bool = Field(default=False, description="an indication pathway, listed in pathways_met")
+
+
+class AllOf(NodeBase):
+    all_of: list["Node"] = Field(min_length=1)
+
+
+class AnyOf(NodeBase):
+    any_of: list["Node"] = Field(min_length=1)
+
+
+class AtLeast(NodeBase):
+    at_least: int = Field(ge=1)
+    of: list["Node"] = Field(min_length=1)
+
+
+class DiagnosisCovered(NodeBase):
+    type: Literal["diagnosis_covered"]
+
+
+class FindingLeaf(NodeBase):
+    type: Literal["finding"]
+    kinds: list[str] = Field(min_length=1)
+
+
+class TrialOutcome(_Strict):
+    min_weeks: Optional[float] = Field(default=None, ge=0)
+
+
+class DrugTrial(NodeBase):
+    type: Literal["drug_trial"]
+    drug_class: str
+    outcomes: dict[Literal["inadequate_response", "intolerance", "flare_on_taper", "response"], TrialOutcome]
+    min_distinct: int = Field(default=1, ge=1, description="different drugs that must qualify")
+
+
+class ContraindicationLeaf(NodeBase):
+    type: Literal["contraindication"]
+    drug_class: str
+
+
+class ClinicalCourse(NodeBase):
+    type: Literal["clinical_course"]
+    values: list[Literal["stable", "active", "rapidly_progressive"]]
+
+
+class TherapyOngoing(NodeBase):
+    type: Literal["therapy_ongoing"]
+    drug_classes: list[str] = Field(min_length=1)
+
+
+class FirstLine(NodeBase):
+    type: Literal["first_line"]
+
+
+class Dosing(NodeBase):
+    """Dose limits; IVIG/SCIG use the g/kg fields, rituximab the mg fields."""
+
+    type: Literal["dosing"]
+    max_g_per_kg_per_cycle: Optional[float] = Field(default=None, gt=0)
+    min_interval_weeks: Optional[float] = Field(default=None, gt=0)
+    days_per_cycle: Optional[tuple[int, int]] = None
+    adjusted_weight_bmi: float = Field(default=30, gt=0, description="BMI from which adjusted body weight is used")
+    max_mg_per_dose: Optional[float] = Field(default=None, gt=0)
+    max_doses: Optional[int] = Field(default=None, gt=0)
+
+
+LEAF_TYPES = (DiagnosisCovered, FindingLeaf, DrugTrial, ContraindicationLeaf, ClinicalCourse, TherapyOngoing,
+              FirstLine, Dosing)
+COMBINATORS = {"all_of": AllOf, "any_of": AnyOf, "at_least": AtLeast}
+
+
+def _node_tag(value: Any) -> str:
+    if isinstance(value, dict):
+        for key in COMBINATORS:
+            if key in value:
+                return key
+        return str(value.get("type", "missing"))
+    return getattr(value, "type", None) or next(k for k in COMBINATORS if hasattr(value, k))
+
+
+Node = Annotated[
+    Union[
+        Annotated[AllOf, Tag("all_of")],
+        Annotated[AnyOf, Tag("any_of")],
+        Annotated[AtLeast, Tag("at_least")],
+        *[Annotated[t, Tag(t.model_fields["type"].annotation.__args__[0])] for t in LEAF_TYPES],  # type: ignore[misc]
+    ],
+    Discriminator(_node_tag),
+]
+
+for _model in (AllOf, AnyOf, AtLeast):
+    _model.model_rebuild()
+
+
+def children(node: Any) -> list[Any]:
+    return getattr(node, "all_of", None) or getattr(node, "any_of", None) or getattr(node, "of", None) or []
+
+
+def walk(node: Any):
+    yield node
+    for child in children(node):
+        yield from walk(child)
+
+
+class Source(_Strict):
+    citation: str
+    url: Optional[str] = None
+    verified: bool = True
+
+
+class Policy(_Strict):
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    title: str
+    therapy: Literal["ivig", "scig", "rituximab"]
+    payer: str = "baseline"
+    version: str
+    effective: IsoDate
+    abstract: bool = False
+    conditions: list[str] = []
+    covered_codes: list[str] = Field(description="ICD-10-CM codes or prefixes (M33.1 covers M33.10-M33.19)")
+    excluded_codes: list[str] = []
+    sources: dict[str, Source]
+    parameters: dict[str, Any] = {}
+    literature: list[str] = Field(default=[], description="source keys cited as supporting literature in letters")
+    criteria: Node
+    file: Optional[str] = None
+
+    @field_validator("covered_codes", "excluded_codes")
+    @classmethod
+    def _codes(cls, codes: list[str]) -> list[str]:
+        return [normalize_icd10(c) for c in codes]
+
+    def covers(self, code: str) -> bool:
+        # A listed code covers itself and every code below it (M33.1 -> M33.10 ... M33.19).
+        return code.startswith(tuple(self.covered_codes)) and not code.startswith(tuple(self.excluded_codes or ["~"]))
+
+    def nodes(self) -> list[Any]:
+        return list(walk(self.criteria))
+
+
+# ------------------------------------------------------------------ loading
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise CriteriaError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CriteriaError(f"{path}: cannot read: {exc}") from None
+
+
+def _fmt(exc: ValidationError, path: Path | str) -> str:
+    lines = [f"{path}: {exc.error_count()} problem(s)"]
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
+
+
+def _by_id(tree: dict, node_id: str) -> Optional[dict]:
+    if tree.get("id") == node_id:
+        return tree
+    for key in ("all_of", "any_of", "of"):
+        for child in tree.get(key) or []:
+            found = _by_id(child, node_id)
+            if found is not None:
+                return found
+    return None
+
+
+def _remove(tree: dict, node_id: str) -> bool:
+    for key in ("all_of", "any_of", "of"):
+        kids = tree.get(key) or []
+        for i, child in enumerate(kids):
+            if child.get("id") == node_id:
+                del kids[i]
+                return True
+            if _remove(child, node_id):
+                return True
+    return False
+
+
+VARIANT_KEYS = {"extends", "replace", "add", "remove"}
+
+
+def _merge(parent: dict, child: dict, path: Path) -> dict:
+    """Apply a variant's changes to a copy of its parent's raw data."""
+    out = copy.deepcopy(parent)
+    out.pop("abstract", None)
+    for key, value in child.items():
+        if key in VARIANT_KEYS:
+            continue
+        if key in ("parameters", "sources") and isinstance(value, dict):
+            out.setdefault(key, {}).update(value)
+        else:
+            out[key] = value
+    tree = out["criteria"]
+    for node_id in child.get("remove") or []:
+        if not _remove(tree, node_id):
+            raise CriteriaError(f"{path}: remove: no node with id {node_id!r} in {child['extends']}")
+    for node_id, node in (child.get("replace") or {}).items():
+        target = _by_id(tree, node_id)
+        if target is None:
+            raise CriteriaError(f"{path}: replace.{node_id}: no node with that id in {child['extends']}")
+        target.clear()
+        target.update(copy.deepcopy(node))
+    for node_id, nodes in (child.get("add") or {}).items():
+        target = _by_id(tree, node_id)
+        key = next((k for k in ("all_of", "any_of", "of") if target and k in target), None)
+        if key is None:
+            raise CriteriaError(f"{path}: add.{node_id}: no all_of/any_of/at_least node with that id")
+        target[key].extend(copy.deepcopy(nodes))
+    return out
+
+
+def _resolve_params(value: Any, params: dict, where: str, path: Path) -> Any:
+    """Replace "$name" strings by the policy's parameter values."""
+    if isinstance(value, str) and value.startswith("$"):
+        name = value[1:]
+        if name not in params:
+            raise CriteriaError(f"{path}: {where}: unknown parameter {value!r} (parameters: {', '.join(sorted(params))})")
+        return copy.deepcopy(params[name])
+    if isinstance(value, dict):
+        return {k: _resolve_params(v, params, f"{where}.{k}", path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_params(v, params, f"{where}[{i}]", path) for i, v in enumerate(value)]
+    return value
+
+
+def _policy_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.yaml") if p.parent != root)
+
+
+@dataclass
+class Criteria:
+    """Everything in a criteria folder, loaded and validated."""
+
+    root: Path
+    vocabulary: Vocabulary
+    products: ProductTable
+    policies: list[Policy] = field(default_factory=list)
+
+    def selectable(self) -> list[Policy]:
+        return self.policies
+
+
+def _load_model(model: type[BaseModel], path: Path) -> Any:
+    try:
+        return model.model_validate(read_yaml(path))
+    except ValidationError as exc:
+        raise CriteriaError(_fmt(exc, path)) from None
+
+
+def load_raw_policies(root: Path) -> dict[str, tuple[Path, dict]]:
+    raw: dict[str, tuple[Path, dict]] = {}
+    for path in _policy_files(root):
+        data = read_yaml(path)
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise CriteriaError(f"{path}: id: a policy file needs a mapping with a string `id`")
+        key = f"{data['id']}@{data.get('version', '')}"
+        if key in raw:
+            raise CriteriaError(f"{path}: id: {data['id']!r} version {data.get('version')!r} is also defined in {raw[key][0]}")
+        raw[key] = (path, data)
+    return raw
+
+
+def _resolve_raw(key: str, raw: dict[str, tuple[Path, dict]], seen: tuple[str, ...] = ()) -> dict:
+    path, data = raw[key]
+    parent_id = data.get("extends")
+    if parent_id is None:
+        return copy.deepcopy(data)
+    # `extends: id` takes the parent's newest version; `extends: id@version` pins one.
+    candidates = [k for k in raw if k == parent_id or k.split("@")[0] == parent_id]
+    if not candidates:
+        raise CriteriaError(f"{path}: extends: no policy with id {parent_id!r}")
+    parent_key = max(candidates, key=lambda k: str(raw[k][1].get("effective", "")))
+    if parent_key in seen:
+        raise CriteriaError(f"{path}: extends: circular inheritance through {parent_id!r}")
+    return _merge(_resolve_raw(parent_key, raw, seen + (key,)), data, path)
+
+
+def build_policy(key: str, raw: dict[str, tuple[Path, dict]]) -> Policy:
+    path = raw[key][0]
+    data = _resolve_raw(key, raw)
+    params = data.get("parameters") or {}
+    data["criteria"] = _resolve_params(data.get("criteria"), params, "criteria", path)
+    data["file"] = str(path)
+    try:
+        return Policy.model_validate(data)
+    except ValidationError as exc:
+        raise CriteriaError(_fmt(exc, path)) from None
+
+
+def load_criteria(root: Path | str | None = None) -> Criteria:
+    root = Path(root) if root else DEFAULT_CRITERIA
+    if not root.is_dir():
+        raise CriteriaError(f"{root}: criteria folder not found")
+    vocabulary = _load_model(Vocabulary, root / "drugs.yaml")
+    products = _load_model(ProductTable, root / "products.yaml")
+    raw = load_raw_policies(root)
+    # Abstract policies are patterns: only what extends them is complete enough to validate.
+    policies = [build_policy(key, raw) for key, (_, data) in raw.items() if not data.get("abstract")]
+    return Criteria(root, vocabulary, products, policies)
+
+
+def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str, on: Date) -> Optional[Policy]:
+    """The policy for this therapy covering the first diagnosis that any policy covers.
+
+    The payer's own variant wins over the baseline; among versions, the newest one in
+    effect on the referral date.
+    """
+    in_force = [p for p in criteria.selectable() if p.therapy == therapy and p.effective <= on]
+    for code in codes:
+        covering = [p for p in in_force if p.covers(code)]
+        if not covering:
+            continue
+        own = [p for p in covering if p.payer == payer] or [p for p in covering if p.payer == "baseline"]
+        if own:
+            return max(own, key=lambda p: p.effective)
+    return None

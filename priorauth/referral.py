@@ -1,0 +1,318 @@
+"""The referral: what a clinic sends us, as a pydantic model (spec section 1).
+
+This module is the single definition of the referral format: the JSON Schema
+(`priorauth schema referral`), the validation errors and the README example all
+come from these classes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import date as Date, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+import yaml
+from dateutil.parser import isoparse
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import InputError
+
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _iso_date(value: Any) -> Any:
+    # YAML loading keeps dates as text (see _Loader), so every date takes this one
+    # path; a bare number is refused rather than read as a Unix timestamp.
+    if isinstance(value, datetime):
+        raise ValueError("expected a date (YYYY-MM-DD), not a date and time")
+    if isinstance(value, Date) or value is None:
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
+        raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}")
+    try:
+        return isoparse(value.strip()).date()
+    except ValueError:
+        raise ValueError(f"{value!r} is not a real calendar date") from None
+
+
+IsoDate = Annotated[Date, BeforeValidator(_iso_date)]
+
+_ICD10 = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
+
+
+def normalize_icd10(code: str) -> str:
+    """`m3312` -> `M33.12`; raises ValueError when it cannot be an ICD-10-CM code."""
+    text = code.strip().upper().replace(" ", "")
+    if "." not in text and len(text) > 3:
+        text = f"{text[:3]}.{text[3:]}"
+    if not _ICD10.match(text):
+        raise ValueError(f"{code!r} is not an ICD-10-CM code (letter, two characters, optional dot and up to four more)")
+    return text
+
+
+def npi_is_valid(npi: str) -> bool:
+    """Luhn check over the NPI with the card-issuer prefix 80840 (CMS NPI check-digit rule)."""
+    if not re.fullmatch(r"\d{10}", npi):
+        return False
+    digits = [int(d) for d in "80840" + npi]
+    total = 0
+    for i, d in enumerate(reversed(digits)):
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+class _Model(BaseModel):
+    # A typo in a field name must fail loudly, never drop data (spec section 1).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+
+Text = Annotated[str, Field(min_length=1)]
+
+
+class Patient(_Model):
+    given_name: Text
+    family_name: Text
+    birth_date: IsoDate
+    sex: Literal["female", "male", "other", "unknown"] = "unknown"
+    weight_kg: Optional[float] = Field(default=None, gt=0, lt=700)
+    height_cm: Optional[float] = Field(default=None, gt=0, lt=300)
+
+
+class Coverage(_Model):
+    payer: Text = Field(description="payer key, e.g. medicare or aetna; chooses the policy variant")
+    plan_name: Optional[str] = None
+    member_id: Text
+    group_number: Optional[str] = None
+
+    @field_validator("payer")
+    @classmethod
+    def _payer_key(cls, value: str) -> str:
+        return value.lower()
+
+
+class Prescriber(_Model):
+    name: Text
+    npi: str = Field(description="10-digit NPI with a valid check digit")
+    specialty: Optional[str] = None
+    organization: Optional[str] = None
+    phone: Optional[str] = None
+    fax: Optional[str] = None
+    address: Optional[str] = None
+
+    @field_validator("npi", mode="before")
+    @classmethod
+    def _npi(cls, value: Any) -> str:
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if text is None:
+            raise ValueError("NPI must be 10 digits, written as text")
+        if not re.fullmatch(r"\d{10}", text):
+            raise ValueError(f"NPI must be exactly 10 digits, got {len(text)} characters")
+        if not npi_is_valid(text):
+            raise ValueError("NPI check digit is wrong (Luhn check with prefix 80840 fails): check for a typo")
+        return text
+
+
+class Diagnosis(_Model):
+    code: str = Field(description="ICD-10-CM, with or without the dot (M33.12 = M3312)")
+    description: Optional[str] = None
+    onset_date: Optional[IsoDate] = None
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError("ICD-10-CM code must be text")
+        return normalize_icd10(value)
+
+
+FindingKind = Literal[
+    "muscle_biopsy", "emg", "muscle_mri", "muscle_enzymes", "skin_biopsy",
+    "direct_immunofluorescence", "indirect_immunofluorescence", "serology",
+    "clinical_exam", "other",
+]
+Route = Literal["oral", "iv", "im", "sc", "topical"]
+Outcome = Literal["inadequate_response", "intolerance", "flare_on_taper", "response", "ongoing", "other"]
+
+
+class Finding(_Model):
+    kind: FindingKind
+    date: Optional[IsoDate] = None
+    result: Optional[str] = None
+    supports_diagnosis: bool
+
+
+class Treatment(_Model):
+    drug: Text
+    route: Optional[Route] = None
+    dose: Optional[str] = None
+    start_date: Optional[IsoDate] = None
+    end_date: Optional[IsoDate] = Field(default=None, description="null: still taking it on the referral date")
+    outcome: Optional[Outcome] = None
+    details: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> "Treatment":
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+        return self
+
+
+class Contraindication(_Model):
+    drug_class: Optional[str] = None
+    drug: Optional[str] = None
+    reason: Text
+    documented_date: Optional[IsoDate] = None
+
+    @model_validator(mode="after")
+    def _names_something(self) -> "Contraindication":
+        if not (self.drug_class or self.drug):
+            raise ValueError("a contraindication needs drug_class or drug")
+        return self
+
+
+class Assessment(_Model):
+    measure: Text
+    value: float
+    unit: Optional[str] = None
+    date: IsoDate
+
+    @field_validator("measure")
+    @classmethod
+    def _measure_key(cls, value: str) -> str:
+        return value.lower().replace("-", "").replace(" ", "_")
+
+
+class Request(_Model):
+    therapy: Literal["ivig", "scig", "rituximab"]
+    product: Text = Field(description="brand name; criteria/products.yaml gives HCPCS code and billing unit")
+    request_type: Literal["initial", "continuation"] = "initial"
+    dose_g_per_kg: Optional[float] = Field(default=None, gt=0)
+    days_per_cycle: Optional[int] = Field(default=None, gt=0)
+    interval_weeks: Optional[float] = Field(default=None, gt=0)
+    cycles: Optional[int] = Field(default=None, gt=0)
+    dose_mg: Optional[float] = Field(default=None, gt=0)
+    doses: Optional[int] = Field(default=None, gt=0)
+    start_date: Optional[IsoDate] = None
+    site_of_care: Optional[Literal["home", "infusion_center", "hospital_outpatient", "physician_office"]] = None
+
+
+class Referral(_Model):
+    """One prior-authorization referral (spec section 1)."""
+
+    referral_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="names the output files")
+    date: IsoDate = Field(description="the 'as of' date of every computation")
+    patient: Patient
+    coverage: Coverage
+    prescriber: Prescriber
+    diagnoses: list[Diagnosis] = Field(min_length=1)
+    findings: list[Finding] = []
+    treatments: list[Treatment] = []
+    contraindications: list[Contraindication] = []
+    assessments: list[Assessment] = []
+    clinical_course: Optional[Literal["stable", "active", "rapidly_progressive"]] = None
+    request: Request
+
+    @model_validator(mode="after")
+    def _birth_not_after_date(self) -> "Referral":
+        if self.patient.birth_date > self.date:
+            raise ValueError(f"patient.birth_date {self.patient.birth_date} is after the referral date {self.date}")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """Safe YAML (no `!!python` tags) that leaves dates as text for the model to judge."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def parse_text(text: str, source: str) -> Any:
+    """YAML or JSON text -> plain data. JSON is valid YAML, but json is much faster."""
+    stripped = text.lstrip()
+    if stripped.startswith("{"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass  # fall through: YAML flow mappings also start with '{'
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise InputError(f"{source}:{where} not valid YAML or JSON: {problem}") from None
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the referral"]
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        # Never echo the rejected value: it may be protected health information.
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def referral_from_data(data: Any, source: str) -> Referral:
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a mapping of referral fields, got {type(data).__name__}")
+    try:
+        return Referral.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, source)) from None
+
+
+def read_text(path: Path) -> str:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def read_referral(path: str | Path, text: str | None = None) -> tuple[Referral, list[str]]:
+    """Read one referral (YAML, JSON, or a FHIR R4 Bundle) -> (referral, import warnings).
+
+    `text` overrides reading `path` (stdin, JSON Lines). Import warnings name what a FHIR
+    bundle held that could not be mapped; YAML and JSON referrals have none.
+    """
+    source = str(path)
+    if text is None:
+        text = read_text(Path(path))
+    if not text.strip():
+        raise InputError(f"{source}: the file is empty")
+    data = parse_text(text, source)
+    warnings: list[str] = []
+    if isinstance(data, dict) and "resourceType" in data:
+        from .fhir import referral_data_from_bundle  # only FHIR inputs pay for this import
+
+        data, warnings = referral_data_from_bundle(data, source)
+    return referral_from_data(data, source), warnings
+
+
+def load_referral(path: str | Path, text: str | None = None) -> Referral:
+    """Read one referral file; see read_referral for the warnings of a FHIR import."""
+    return read_referral(path, text)[0]

@@ -1,0 +1,62 @@
+"""A determination as plain text for a person at a terminal (`priorauth check`)."""
+
+from __future__ import annotations
+
+from .determination import Determination
+
+MARK = {"met": "MET", "not_met": "NOT MET", "unknown": "UNKNOWN"}
+HEADLINE = {
+    "meets_criteria": "MEETS CRITERIA: ready for a letter of medical necessity",
+    "missing_documentation": "MISSING DOCUMENTATION: add what is listed below, then check again",
+    "not_eligible": "NOT ELIGIBLE under this policy",
+}
+
+
+def explain(det: Determination, style=lambda text, **kw: text) -> str:
+    """Readable explanation; `style` is click.style when writing to a terminal."""
+    colour = {"met": "green", "not_met": "red", "unknown": "yellow",
+              "meets_criteria": "green", "missing_documentation": "yellow", "not_eligible": "red"}
+    out = [style(f"{det.referral_id}: {HEADLINE[det.determination]}", fg=colour[det.determination], bold=True)]
+    ref = det.policy_ref()
+    if ref:
+        out.append(f"Policy: {ref['title']} ({ref['id']}, payer {ref['payer']}, version {ref['version']}, "
+                   f"effective {ref['effective']})")
+    out.append(f"As of: {det.referral.date}  Request: {det.referral.request.therapy} "
+               f"{det.referral.request.product} ({det.referral.request.request_type})")
+    out.append(f"Pathways met: {', '.join(det.pathways_met) or 'none'}")
+    if det.result is not None:
+        out += ["", "Criteria:"]
+        depth: dict[str, int] = {}
+        for r, parent in det.result.walk():
+            d = depth[r.node.id] = depth.get(parent, -1) + 1 if parent else 0
+            pad = "  " * (d + 1)
+            mark = style(f"[{MARK[r.status]}]", fg=colour[r.status])
+            flag = "" if r.node.verified else "  (rule not confirmed in a published source)"
+            out.append(f"{pad}{mark} {r.node.label}{flag}")
+            out.append(f"{pad}    {r.reason}")
+            for e in r.evidence:
+                out.append(f"{pad}    - {e.where}: {e.summary}")
+    if det.missing:
+        out += ["", style("What to document:", bold=True)] + [f"  - {m}" for m in det.missing]
+    reasons = det.reasons()
+    if det.determination == "not_eligible" and reasons:
+        out += ["", style("Why not eligible:", bold=True)] + [f"  - {r}" for r in reasons]
+    out += ["", "Dosing:", "  " + dosing_line(det.dosing)]
+    if det.warnings:
+        out += ["", style("Warnings:", fg="yellow")] + [f"  - {w}" for w in det.warnings]
+    return "\n".join(out)
+
+
+def dosing_line(d: dict | None) -> str:
+    if not d:
+        return "cannot be computed (see what to document)"
+    if "dose_mg" in d:
+        units = d["billing_units_per_dose"]
+        return (f"{d['product']} {d['dose_mg']:g} mg x {d['doses'] or '?'} doses; {d['hcpcs'] or 'HCPCS unknown'}: "
+                f"{units if units is not None else '?'} units per dose (10 mg each)")
+    basis = f"{d['weight_basis']} weight"
+    if d["weight_basis"] == "adjusted":
+        basis += f" (BMI {d['bmi']:g}, ideal {d['ideal_body_weight_kg']:g} kg, actual {d['actual_weight_kg']:g} kg)"
+    units = d["billing_units_per_cycle"]
+    return (f"{d['dose_g_per_kg']:g} g/kg x {d['dosing_weight_kg']:g} kg ({basis}) = {d['grams_per_cycle']:g} g per cycle; "
+            f"{d['hcpcs'] or 'HCPCS unknown'}: {units if units is not None else '?'} units of {d['billing_unit'] or '?'}")
