@@ -367,8 +367,12 @@ def _resolve_params(value: Any, params: dict, where: str, path: Path) -> Any:
     return value
 
 
+NOT_POLICIES = {"fhir"}  # criteria/fhir/ holds import code maps, not policies
+
+
 def _policy_files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*.yaml") if p.parent != root)
+    return sorted(p for p in root.rglob("*.yaml")
+                  if p.parent != root and not NOT_POLICIES & set(p.relative_to(root).parts[:-1]))
 
 
 @dataclass

@@ -38,11 +38,11 @@ def _iso_date(value: Any) -> Any:
     if isinstance(value, Date) or value is None:
         return value
     if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
-        raise ValueError(f"expected a date as YYYY-MM-DD, got {value!r}")
+        raise ValueError("expected a date as YYYY-MM-DD")
     try:
         return isoparse(value.strip()).date()
     except ValueError:
-        raise ValueError(f"{value!r} is not a real calendar date") from None
+        raise ValueError("not a real calendar date (check day and month)") from None
 
 
 IsoDate = Annotated[Date, BeforeValidator(_iso_date)]
@@ -56,7 +56,7 @@ def normalize_icd10(code: str) -> str:
     if "." not in text and len(text) > 3:
         text = f"{text[:3]}.{text[3:]}"
     if not _ICD10.match(text):
-        raise ValueError(f"{code!r} is not an ICD-10-CM code (letter, two characters, optional dot and up to four more)")
+        raise ValueError("not an ICD-10-CM code (a letter, two characters, an optional dot and up to four more)")
     return text
 
 
@@ -167,7 +167,7 @@ class Treatment(_Model):
     @model_validator(mode="after")
     def _dates_in_order(self) -> "Treatment":
         if self.start_date and self.end_date and self.end_date < self.start_date:
-            raise ValueError(f"end_date {self.end_date} is before start_date {self.start_date}")
+            raise ValueError("end_date is before start_date")
         return self
 
 
@@ -229,7 +229,7 @@ class Referral(_Model):
     @model_validator(mode="after")
     def _birth_not_after_date(self) -> "Referral":
         if self.patient.birth_date > self.date:
-            raise ValueError(f"patient.birth_date {self.patient.birth_date} is after the referral date {self.date}")
+            raise ValueError("patient.birth_date is after the referral date")
         return self
 
 
@@ -268,7 +268,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     for err in exc.errors(include_url=False):
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
-        # Never echo the rejected value: it may be protected health information.
+        # Messages never carry the rejected value (our validators and pydantic's default
+        # messages name the field and the rule): it may be protected health information.
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
 
