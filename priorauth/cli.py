@@ -117,7 +117,7 @@ def policies(as_json, criteria_dir):
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['id']:<32} {r['therapy']:<10} {r['payer']:<16} {r['version']:<8} "
+        click.echo(f"{r['id']:<40} {r['therapy']:<10} {r['payer']:<12} {r['version']:<14} "
                    f"{r['effective']}  {', '.join(r['conditions'])}")
 
 
@@ -149,6 +149,31 @@ def lint(path, as_json):
 
 
 @cli.command()
+@click.argument("policy_id", metavar="POLICY")
+@json_option
+@criteria_option
+@friendly
+def explain(policy_id, as_json, criteria_dir):
+    """Print a policy as plain text a physician can read (or its resolved JSON).
+
+    POLICY is a policy id from `priorauth policies`, optionally with @version.
+
+    \b
+    Example:
+        priorauth explain ivig-myositis
+        priorauth explain medicare-ivig-blistering --json
+    """
+    from .explain import explain_policy, find_policy
+
+    crit = criteria_for(criteria_dir)
+    policy = find_policy(crit, policy_id)
+    if as_json:
+        click.echo(policy.model_dump_json(indent=2, exclude_none=True))
+    else:
+        click.echo(explain_policy(policy, crit.vocabulary))
+
+
+@cli.command()
 @click.argument("what", type=click.Choice(["referral"]))
 def schema(what):
     """Print the JSON Schema of a data format.
@@ -160,6 +185,10 @@ def schema(what):
     from .referral import Referral
 
     click.echo(json.dumps(Referral.model_json_schema(), indent=2))
+
+
+from .commands_letter import letter; cli.add_command(letter)  # noqa: E402,E702
+from .commands_fhir import import_fhir; cli.add_command(import_fhir)  # noqa: E402,E702
 
 
 def main():

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Optional
+
+from dateutil.relativedelta import relativedelta
 
 from . import policy as P
 from .dosing import compute as compute_dosing
 from .evaluate import MET, NOT_MET, UNKNOWN, Result, evaluate_node, make_context
 from .referral import Referral
+from .safety import screen_all
 
 OUTCOMES = {MET: "meets_criteria", UNKNOWN: "missing_documentation", NOT_MET: "not_eligible"}
 
@@ -23,6 +27,7 @@ class Determination:
     missing: list[str]
     dosing: Optional[dict]
     warnings: list[str] = field(default_factory=list)
+    safety: list[dict] = field(default_factory=list)
 
     @property
     def referral_id(self) -> str:
@@ -65,6 +70,16 @@ class Determination:
         visit(self.result)
         return out
 
+    def authorization(self) -> Optional[dict]:
+        """The approvable period when criteria are met: from the requested start for the policy's months."""
+        auth = self.policy.authorization if self.policy else None
+        if self.determination != "meets_criteria" or auth is None:
+            return None
+        start = self.referral.request.start_date or self.referral.date
+        end = start + relativedelta(months=auth.months) - timedelta(days=1)
+        return {"start": start.isoformat(), "end": end.isoformat(), "months": auth.months,
+                "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat()}
+
     def policy_ref(self) -> Optional[dict]:
         p = self.policy
         if p is None:
@@ -84,6 +99,8 @@ class Determination:
             "missing": self.missing,
             "reasons": self.reasons(),
             "dosing": self.dosing,
+            "authorization": self.authorization(),
+            "safety": self.safety,
             "warnings": self.warnings,
         }
 
@@ -93,6 +110,15 @@ def determine(referral: Referral, criteria: P.Criteria, warnings: list[str] | No
 
     `warnings` carries what reading the referral noticed (a FHIR import's unmapped data).
     """
+    det = _decide(referral, criteria, warnings)
+    for s in screen_all(referral, criteria):
+        if s.status != "ok":
+            det.safety.append({"rule": s.rule_id, "label": s.rule.label, "status": s.status, "message": s.message})
+            det.warnings.append(f"safety: {s.message}")
+    return det
+
+
+def _decide(referral: Referral, criteria: P.Criteria, warnings: list[str] | None) -> Determination:
     codes = [d.code for d in referral.diagnoses]
     policy = P.select_policy(criteria, referral.request.therapy, codes, referral.coverage.payer, referral.date)
     warnings = list(warnings or [])
@@ -106,10 +132,10 @@ def determine(referral: Referral, criteria: P.Criteria, warnings: list[str] | No
                              [], dosing,
                              [f"no {referral.request.therapy} policy covers {', '.join(codes)}"] + ctx_warnings)
     ctx = make_context(referral, criteria, policy, warnings)
-    result = evaluate_node(policy.criteria, ctx)
+    result = evaluate_node(policy.tree_for(referral.request.request_type), ctx)
     pathways = [r.node.id for r, _ in result.walk() if r.node.pathway and r.status == MET]
     return Determination(referral, policy, OUTCOMES[result.status], result, pathways,
-                         result.missing, ctx.dosing, _unique(warnings))
+                         result.missing, ctx.dosing().dosing, _unique(warnings))
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -129,7 +129,17 @@ class Context:
     warnings: list[str]
     # (index, treatment, generic name or None) once, so each leaf need not look names up again
     treatments: list[tuple[int, Treatment, Optional[str]]] = field(default_factory=list)
-    dosing: Optional[dict] = None  # set by the dosing leaf
+    _dosing: Any = None
+
+    def dosing(self):
+        """The dosing computation, once per referral (dosing and unit-cap leaves share it)."""
+        if self._dosing is None:
+            from .dosing import assess
+
+            limits = next((n for n in P.walk(self.policy.tree_for(self.referral.request.request_type))
+                           if isinstance(n, P.Dosing)), P.Dosing(id="dosing", label="dosing", type="dosing"))
+            self._dosing = assess(self.referral, self.criteria.products, limits, self.warnings)
+        return self._dosing
 
     @property
     def vocab(self) -> P.Vocabulary:
@@ -283,11 +293,199 @@ def _first_line(node: P.FirstLine, ctx: Context) -> Result:
 
 
 def _dosing(node: P.Dosing, ctx: Context) -> Result:
-    from .dosing import assess
-
-    check = assess(ctx.referral, ctx.criteria.products, node, ctx.warnings)
-    ctx.dosing = check.dosing
+    check = ctx.dosing()
     return _leaf(node, check.status, check.reason, check.evidence, check.missing)
+
+
+def _unit_cap(node: P.UnitCap, ctx: Context) -> Result:
+    d, req = ctx.dosing().dosing, ctx.referral.request
+    if req.therapy == "rituximab":
+        per_dose = d and d.get("billing_units_per_dose")
+        units = per_dose * (req.doses or 1) if per_dose else None
+        how = f"{per_dose} units x {req.doses or 1} doses" if per_dose else ""
+    else:
+        per_cycle = d and d.get("billing_units_per_cycle")
+        if per_cycle and req.interval_weeks:
+            # A cycle may start every interval: that many can fall in one window.
+            cycles = -(-node.per_days // round(req.interval_weeks * 7))
+            units, how = per_cycle * cycles, f"{per_cycle} units x {cycles} cycle(s)"
+        else:
+            units, how = None, ""
+    if units is None:
+        return _leaf(node, UNKNOWN, "billing units cannot be computed yet (see dosing)",
+                     missing=["dose, dosing weight and interval, to count billing units"])
+    ok = units <= node.max_units
+    verdict = "within" if ok else "above"
+    return _leaf(node, MET if ok else NOT_MET,
+                 f"{units} billing units per {node.per_days} days ({how}), {verdict} the cap of {node.max_units}",
+                 [Evidence("request", None, f"{units} units per {node.per_days} days")])
+
+
+def _brand(ctx: Context, name: str) -> str:
+    found = ctx.criteria.products.find(name)
+    return found[0] if found else name
+
+
+def _product_preferred(node: P.ProductPreferred, ctx: Context) -> Result:
+    req = ctx.referral.request
+    product = _brand(ctx, req.product)
+    preferred = [_brand(ctx, p) for p in node.products]
+    if product in [_brand(ctx, p) for p in node.excluded]:
+        return _leaf(node, NOT_MET, f"{product} is not covered by this payer; use one of: {', '.join(preferred)}")
+    if product in preferred:
+        return _leaf(node, MET, f"{product} is a preferred product",
+                     [Evidence("request", None, f"product {product}")])
+    for i, t in enumerate(ctx.referral.treatments):
+        tried = _brand(ctx, t.drug)
+        if tried in preferred and t.outcome in ("inadequate_response", "intolerance"):
+            return _leaf(node, MET, f"{product} is not preferred, but preferred {tried} was tried first "
+                         f"({humanize(t.outcome)})", [ctx.evidence(i, t)])
+        if tried == product and req.request_type == "continuation":
+            return _leaf(node, MET, f"{product} continues an established course", [ctx.evidence(i, t)])
+    return _leaf(node, NOT_MET, f"{product} is not a preferred product and no preferred product "
+                 f"({', '.join(preferred)}) was tried first")
+
+
+def _prescriber_specialty(node: P.PrescriberSpecialty, ctx: Context) -> Result:
+    specialty = ctx.referral.prescriber.specialty
+    wanted = " or ".join(node.specialties)
+    if not specialty:
+        return _leaf(node, UNKNOWN, f"the prescriber's specialty is not stated (needs {wanted})",
+                     missing=[node.document or f"the prescriber's specialty ({wanted})"])
+    if any(s.casefold() in specialty.casefold() for s in node.specialties):
+        return _leaf(node, MET, f"prescribed by {specialty}", [Evidence("prescriber", None, specialty)])
+    return _leaf(node, NOT_MET, f"prescriber specialty is {specialty}; the policy requires {wanted}")
+
+
+def _site_of_care(node: P.SiteOfCare, ctx: Context) -> Result:
+    site = ctx.referral.request.site_of_care
+    allowed = ", ".join(humanize(a) for a in node.allowed)
+    if site is None:
+        return _leaf(node, UNKNOWN, "the site of care is not stated", missing=["the planned site of care"])
+    if site in node.allowed:
+        return _leaf(node, MET, f"{humanize(site)} is an approved site of care",
+                     [Evidence("request", None, f"site of care: {humanize(site)}")])
+    return _leaf(node, NOT_MET, f"{humanize(site)} is not an approved site of care ({allowed})",
+                 missing=[node.document] if node.document else [])
+
+
+def _courses(ctx: Context, drug_class: str) -> list[tuple[int, Treatment, str]]:
+    """Courses of the requested therapy that started by the referral date, oldest first."""
+    found = [(i, t, g) for i, t, g in ctx.members(drug_class) if t.start_date is None or t.start_date <= ctx.as_of]
+    return sorted(found, key=lambda c: c[1].start_date or Date.min)
+
+
+def _first_start(ctx: Context, drug_class: str) -> Optional[Date]:
+    starts = [t.start_date for _, t, _ in _courses(ctx, drug_class) if t.start_date]
+    return min(starts) if starts else None
+
+
+def _prior_course(node: P.PriorCourse, ctx: Context) -> Result:
+    label = ctx.vocab.label(node.drug_class)
+    courses = _courses(ctx, node.drug_class)
+    if not courses:
+        return _leaf(node, NOT_MET, f"no earlier course of {label} is documented: this is not a continuation")
+    ev = [ctx.evidence(i, t) for i, t, _ in courses]
+    if all(t.start_date is None for _, t, _ in courses):
+        return _leaf(node, UNKNOWN, f"the earlier {label} course has no start date", ev,
+                     [f"start date of the earlier {label} course"])
+    if node.min_weeks_since_last:
+        last = courses[-1][1]
+        if last.end_date is None and last.outcome != "ongoing":
+            return _leaf(node, UNKNOWN, f"the date of the last {label} infusion is not documented", ev,
+                         [f"date of the last {label} infusion (end date of the course)"])
+        last_day = last.end_date or ctx.as_of
+        if not lasted_at_least(last_day, ctx.as_of, node.min_weeks_since_last):
+            return _leaf(node, NOT_MET, f"only {weeks_between(last_day, ctx.as_of):g} weeks since the last {label} "
+                         f"infusion; the policy requires at least {node.min_weeks_since_last:g}", ev)
+    return _leaf(node, MET, f"{len(courses)} earlier course(s) of {label} documented", ev)
+
+
+def _improvement(node: P.Improvement, ctx: Context) -> Result:
+    start = _first_start(ctx, node.drug_class)
+    label = ctx.vocab.label(node.drug_class)
+    if start is None:
+        return _leaf(node, UNKNOWN, f"the start of the {label} course is not documented, so no baseline can be set",
+                     missing=[f"start date of the first {label} course"])
+    improved, worse, open_, ev = [], [], [], []
+    for key, rule in node.measures.items():
+        series = sorted(((a.date, i, a) for i, a in enumerate(ctx.referral.assessments)
+                         if a.measure == key and a.date <= ctx.as_of), key=lambda x: x[0])
+        before = [x for x in series if x[0] <= start]
+        after = [x for x in series if x[0] > start]
+        if not before and not after:
+            continue
+        if not before or not after:
+            open_.append(rule.label)
+            continue
+        (d0, i0, a0), (d1, i1, a1) = before[-1], after[-1]
+        change = a0.value - a1.value if rule.better == "lower" else a1.value - a0.value
+        pct = 100 * change / abs(a0.value) if a0.value else 0.0
+        ok = change > 0 and (rule.min_change is None or change >= rule.min_change) \
+            and (rule.min_change_percent is None or pct >= rule.min_change_percent)
+        unit = f" {a0.unit}" if a0.unit else ""
+        summary = f"{rule.label} {a0.value:g}{unit} ({d0}) -> {a1.value:g}{unit} ({d1}): {pct:+.0f}% better" \
+            if change >= 0 else f"{rule.label} {a0.value:g}{unit} ({d0}) -> {a1.value:g}{unit} ({d1}): worse"
+        ev.append(Evidence("assessment", i1, summary))
+        (improved if ok else worse).append(summary)
+        if ok and not rule.verified:
+            ctx.warnings.append(f"improvement threshold for {rule.label} is not confirmed in a published source")
+    n = node.min_improved
+    if len(improved) >= n:
+        return _leaf(node, MET, f"objective improvement since {label} began on {start}: {'; '.join(improved)}", ev)
+    if len(improved) + len(open_) >= n:
+        missing = [node.document or f"{', '.join(open_)} both before the {label} course began ({start}) and since"]
+        return _leaf(node, UNKNOWN, f"improvement cannot be judged yet: {', '.join(open_)} lack a baseline "
+                     f"before {start} or a value since", ev, missing)
+    if not ev:
+        measures = ", ".join(r.label for r in node.measures.values())
+        return _leaf(node, UNKNOWN, f"no objective measure ({measures}) is documented before and after {start}",
+                     missing=[node.document or f"objective measures ({measures}) before the {label} course and since"])
+    return _leaf(node, NOT_MET, f"no measure improved enough since {start}: {'; '.join(worse)}", ev)
+
+
+def _taper_attempt(node: P.TaperAttempt, ctx: Context) -> Result:
+    start = _first_start(ctx, node.drug_class)
+    label = ctx.vocab.label(node.drug_class)
+    if start is None:
+        return _leaf(node, UNKNOWN, f"the start of the {label} course is not documented",
+                     missing=[f"start date of the first {label} course"])
+    due = start + relativedelta(months=node.after_months)
+    if due > ctx.as_of:
+        return _leaf(node, MET, f"not yet required: {label} began {start}; a taper attempt is expected from {due}")
+    courses = _courses(ctx, node.drug_class)
+    flared = [(i, t) for i, t, _ in courses if t.outcome == "flare_on_taper"]
+    if flared:
+        return _leaf(node, MET, "a taper was attempted and the disease flared", [ctx.evidence(i, t) for i, t in flared])
+    req = ctx.referral.request
+    steps = [(t.dose_g_per_kg, t.interval_weeks, ctx.evidence(i, t)) for i, t, _ in courses]
+    steps.append((req.dose_g_per_kg, req.interval_weeks, Evidence("request", None, "this request")))
+    for k in range(1, len(steps)):
+        for j in range(k):
+            (d0, w0, _), (d1, w1, e1) = steps[j], steps[k]
+            if (d0 and d1 and d1 < d0) or (w0 and w1 and w1 > w0):
+                return _leaf(node, MET, f"dose lowered or interval lengthened after {node.after_months} months "
+                             f"({e1.summary})", [steps[j][2], e1])
+    if any(d is None and w is None for d, w, _ in steps[:-1]):
+        return _leaf(node, UNKNOWN, f"the {label} courses do not state their dose and interval",
+                     [e for _, _, e in steps[:-1]],
+                     [node.document or f"dose (g/kg) and interval (weeks) of each {label} course, to show the taper attempt"])
+    return _leaf(node, NOT_MET, f"no attempt to lower the dose or lengthen the interval after {node.after_months} "
+                 f"months of {label} (since {start})", [e for _, _, e in steps])
+
+
+def _safety(node: P.SafetyLeaf, ctx: Context) -> Result:
+    from .safety import screen
+
+    rule = ctx.criteria.safety.rules[node.rule]
+    found = ctx.criteria.products.find(ctx.referral.request.product)
+    s = screen(node.rule, rule, ctx.referral, ctx.vocab, found[0] if found else None)
+    ev = [Evidence(k, i, text) for k, i, text in s.evidence]
+    if s.status == "risk":
+        return _leaf(node, NOT_MET, s.message, ev)
+    if s.status == "missing":
+        return _leaf(node, UNKNOWN, s.message, ev, [node.document or rule.document or rule.label])
+    return _leaf(node, MET, s.message, ev)
 
 
 LEAVES: dict[type, Callable[[Any, Context], Result]] = {
@@ -299,6 +497,14 @@ LEAVES: dict[type, Callable[[Any, Context], Result]] = {
     P.TherapyOngoing: _therapy_ongoing,
     P.FirstLine: _first_line,
     P.Dosing: _dosing,
+    P.UnitCap: _unit_cap,
+    P.ProductPreferred: _product_preferred,
+    P.PrescriberSpecialty: _prescriber_specialty,
+    P.SiteOfCare: _site_of_care,
+    P.PriorCourse: _prior_course,
+    P.Improvement: _improvement,
+    P.TaperAttempt: _taper_attempt,
+    P.SafetyLeaf: _safety,
 }
 
 
@@ -309,8 +515,12 @@ def evaluate_node(node: Any, ctx: Context) -> Result:
     leaf = LEAVES.get(type(node))
     if leaf is not None:
         result = leaf(node, ctx)
-        if not node.verified and result.status != NOT_MET:
-            ctx.warnings.append(f"criterion {node.id!r} is not confirmed in a published source (verified: false)")
+        # An unconfirmed rule matters when it is relied on, or when it blocks: an unmet
+        # pathway among others decides nothing by itself.
+        matters = result.status != NOT_MET or not node.pathway
+        if matters and not ctx.policy.is_verified(node):
+            ctx.warnings.append(f"rule {node.id!r} ({node.label}) is not confirmed in a published source "
+                                f"(verified: false): {result.status.replace('_', ' ')}")
         return result
     kids = [evaluate_node(child, ctx) for child in P.children(node)]
     statuses = [k.status for k in kids]

@@ -42,8 +42,18 @@ def lint_criteria(root: Path | None = None) -> tuple[list[str], int]:
             policies.append(P.build_policy(key, raw))
         except CriteriaError as exc:
             problems.append(str(exc))
+    safety = P.SafetyRules(rules={})
+    if (root / "safety.yaml").exists():
+        try:
+            safety = P._load_model(P.SafetyRules, root / "safety.yaml")
+        except CriteriaError as exc:
+            problems.append(str(exc))
+    for rid, rule in safety.rules.items():
+        for cls in rule.when.drug_classes if rule.when else []:
+            if cls not in vocab.classes:
+                problems.append(f"{root / 'safety.yaml'}: rules.{rid}.when.drug_classes: unknown class {cls!r}")
     for pol in policies:
-        problems += _policy(pol, vocab)
+        problems += _policy(pol, vocab, safety)
     problems += _overlaps(policies)
     return problems, len(policies)
 
@@ -72,15 +82,15 @@ def _class_has_drugs(vocab: P.Vocabulary, class_id: str) -> bool:
     return any(set(d.classes) & wanted for d in vocab.drugs.values())
 
 
-def _policy(pol: P.Policy, vocab: P.Vocabulary) -> list[str]:
+def _policy(pol: P.Policy, vocab: P.Vocabulary, safety: P.SafetyRules) -> list[str]:
     out = []
     where = f"{pol.file}: policy {pol.id}"
-    ids: set[str] = set()
+    for tree in filter(None, (pol.criteria, pol.continuation)):
+        ids = [n.id for n in P.walk(tree)]
+        for dup in sorted({i for i in ids if ids.count(i) > 1}):
+            out.append(f"{where}: node {dup}: id used twice in the {tree.id} tree")
     for node in pol.nodes():
         at = f"{where}: node {node.id}"
-        if node.id in ids:
-            out.append(f"{at}: id used twice in this policy")
-        ids.add(node.id)
         if not node.source:
             out.append(f"{at}: source: every rule must cite a source")
         elif node.source not in pol.sources:
@@ -100,10 +110,14 @@ def _policy(pol: P.Policy, vocab: P.Vocabulary) -> list[str]:
             if node.min_distinct > n_drugs:
                 out.append(f"{at}: can never be met: needs {node.min_distinct} different drugs, "
                            f"class {node.drug_class!r} has {n_drugs}")
+        if isinstance(node, P.SafetyLeaf) and node.rule not in safety.rules:
+            out.append(f"{at}: rule: {node.rule!r} is not a rule of safety.yaml")
         if isinstance(node, P.AtLeast) and node.at_least > len(node.of):
             out.append(f"{at}: can never be met: at_least {node.at_least} of {len(node.of)} children")
         if isinstance(node, P.Dosing) and node.days_per_cycle and node.days_per_cycle[0] > node.days_per_cycle[1]:
             out.append(f"{at}: days_per_cycle: minimum above maximum, can never be met")
+    if pol.authorization and pol.authorization.source and pol.authorization.source not in pol.sources:
+        out.append(f"{where}: authorization.source: {pol.authorization.source!r} is not among the policy's sources")
     if not pol.covered_codes:
         out.append(f"{where}: covered_codes: empty, the policy can never apply")
     if not any(n.pathway for n in pol.nodes()):
@@ -112,7 +126,7 @@ def _policy(pol: P.Policy, vocab: P.Vocabulary) -> list[str]:
 
 
 def _classes_named(node) -> list[str]:
-    if isinstance(node, (P.DrugTrial, P.ContraindicationLeaf)):
+    if isinstance(node, (P.DrugTrial, P.ContraindicationLeaf, P.PriorCourse, P.Improvement, P.TaperAttempt)):
         return [node.drug_class]
     if isinstance(node, P.TherapyOngoing):
         return list(node.drug_classes)

@@ -5,8 +5,8 @@ types are the only medical *mechanisms* in Python (evaluate.py); which leaves a 
 uses, with which codes, drugs, lengths and citations, is data in `criteria/`.
 
 A policy may `extends:` another and change only what differs: `parameters`, any top-level
-field, nodes replaced by id (`replace`), children appended to a node (`add`), or nodes
-removed (`remove`).
+field, nodes replaced by id (`replace`), fields of a node changed (`patch`), children
+appended to a node (`add`), or nodes removed (`remove`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
 from .errors import CriteriaError
 from .referral import _Loader, IsoDate, normalize_icd10
@@ -124,7 +124,7 @@ class ProductTable(_Strict):
 
 # ------------------------------------------------------------------ policy tree
 
-ParamRef = str  # "$name" refers to a policy parameter, resolved when the policy loads
+IcdCode = Annotated[str, AfterValidator(normalize_icd10)]
 
 
 class NodeBase(_Strict):
@@ -201,8 +201,75 @@ class Dosing(NodeBase):
     max_doses: Optional[int] = Field(default=None, gt=0)
 
 
+class UnitCap(NodeBase):
+    """Billing units in any window of `per_days` days (e.g. 460 units per 28 days)."""
+
+    type: Literal["unit_cap"]
+    max_units: int = Field(gt=0)
+    per_days: int = Field(default=28, gt=0)
+
+
+class ProductPreferred(NodeBase):
+    """The product is on the payer's list, or a listed product was tried and failed first."""
+
+    type: Literal["product_preferred"]
+    products: list[str] = Field(min_length=1)
+    excluded: list[str] = []
+
+
+class PrescriberSpecialty(NodeBase):
+    type: Literal["prescriber_specialty"]
+    specialties: list[str] = Field(min_length=1)
+
+
+class SiteOfCare(NodeBase):
+    type: Literal["site_of_care"]
+    allowed: list[Literal["home", "infusion_center", "hospital_outpatient", "physician_office"]] = Field(min_length=1)
+
+
+class PriorCourse(NodeBase):
+    """A documented earlier course of the requested therapy (continuation requests)."""
+
+    type: Literal["prior_course"]
+    drug_class: str
+    min_weeks_since_last: Optional[float] = Field(default=None, ge=0, description="e.g. rituximab: 16 weeks")
+
+
+class MeasureRule(_Strict):
+    label: str
+    better: Literal["lower", "higher"]
+    min_change: Optional[float] = Field(default=None, ge=0, description="absolute change that counts")
+    min_change_percent: Optional[float] = Field(default=None, ge=0, le=100)
+    verified: bool = True
+
+
+class Improvement(NodeBase):
+    """Objective improvement from the baseline before the prior course to the latest value."""
+
+    type: Literal["improvement"]
+    drug_class: str = Field(description="the therapy whose first course start marks the baseline")
+    measures: dict[str, MeasureRule] = Field(min_length=1)
+    min_improved: int = Field(default=1, ge=1)
+
+
+class TaperAttempt(NodeBase):
+    """After `after_months` of therapy, an attempt to lower the dose or lengthen the interval."""
+
+    type: Literal["taper_attempt"]
+    drug_class: str
+    after_months: int = Field(ge=0)
+
+
+class SafetyLeaf(NodeBase):
+    """A rule of criteria/safety.yaml used as a criterion rather than a warning."""
+
+    type: Literal["safety"]
+    rule: str
+
+
 LEAF_TYPES = (DiagnosisCovered, FindingLeaf, DrugTrial, ContraindicationLeaf, ClinicalCourse, TherapyOngoing,
-              FirstLine, Dosing)
+              FirstLine, Dosing, UnitCap, ProductPreferred, PrescriberSpecialty, SiteOfCare, PriorCourse,
+              Improvement, TaperAttempt, SafetyLeaf)
 COMBINATORS = {"all_of": AllOf, "any_of": AnyOf, "at_least": AtLeast}
 
 
@@ -245,6 +312,13 @@ class Source(_Strict):
     verified: bool = True
 
 
+class Authorization(_Strict):
+    months: int = Field(gt=0, description="length of an approval")
+    reauthorization_lead_days: int = Field(default=30, ge=0, description="submit renewal this many days before the end")
+    source: Optional[str] = None
+    verified: bool = True
+
+
 class Policy(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
@@ -254,25 +328,30 @@ class Policy(_Strict):
     effective: IsoDate
     abstract: bool = False
     conditions: list[str] = []
-    covered_codes: list[str] = Field(description="ICD-10-CM codes or prefixes (M33.1 covers M33.10-M33.19)")
-    excluded_codes: list[str] = []
+    covered_codes: list[IcdCode] = Field(description="ICD-10-CM codes or prefixes (M33.1 covers M33.10-M33.19)")
+    excluded_codes: list[IcdCode] = []
     sources: dict[str, Source]
     parameters: dict[str, Any] = {}
     literature: list[str] = Field(default=[], description="source keys cited as supporting literature in letters")
     criteria: Node
+    continuation: Optional[Node] = Field(default=None, description="criteria for request_type continuation")
+    authorization: Optional[Authorization] = None
     file: Optional[str] = None
-
-    @field_validator("covered_codes", "excluded_codes")
-    @classmethod
-    def _codes(cls, codes: list[str]) -> list[str]:
-        return [normalize_icd10(c) for c in codes]
 
     def covers(self, code: str) -> bool:
         # A listed code covers itself and every code below it (M33.1 -> M33.10 ... M33.19).
         return code.startswith(tuple(self.covered_codes)) and not code.startswith(tuple(self.excluded_codes or ["~"]))
 
     def nodes(self) -> list[Any]:
-        return list(walk(self.criteria))
+        return list(walk(self.criteria)) + (list(walk(self.continuation)) if self.continuation else [])
+
+    def tree_for(self, request_type: str) -> Any:
+        return self.continuation if request_type == "continuation" and self.continuation else self.criteria
+
+    def is_verified(self, node: Any) -> bool:
+        """A rule is unconfirmed if marked so, or if it cites a source marked so."""
+        source = self.sources.get(node.source) if node.source else None
+        return node.verified and (source is None or source.verified)
 
 
 # ------------------------------------------------------------------ loading
@@ -320,7 +399,7 @@ def _remove(tree: dict, node_id: str) -> bool:
     return False
 
 
-VARIANT_KEYS = {"extends", "replace", "add", "remove"}
+VARIANT_KEYS = {"extends", "replace", "add", "remove", "patch"}
 
 
 def _merge(parent: dict, child: dict, path: Path) -> dict:
@@ -334,22 +413,31 @@ def _merge(parent: dict, child: dict, path: Path) -> dict:
             out.setdefault(key, {}).update(value)
         else:
             out[key] = value
-    tree = out["criteria"]
+    # A node id may stand in both trees (criteria and continuation): a change applies to each.
+    trees = [t for t in (out.get("criteria"), out.get("continuation")) if isinstance(t, dict)]
+
+    def targets(node_id: str, what: str) -> list[dict]:
+        found = [n for n in (_by_id(t, node_id) for t in trees) if n is not None]
+        if not found:
+            raise CriteriaError(f"{path}: {what}.{node_id}: no node with that id in {child['extends']}")
+        return found
+
     for node_id in child.get("remove") or []:
-        if not _remove(tree, node_id):
+        if not any([_remove(t, node_id) for t in trees]):
             raise CriteriaError(f"{path}: remove: no node with id {node_id!r} in {child['extends']}")
     for node_id, node in (child.get("replace") or {}).items():
-        target = _by_id(tree, node_id)
-        if target is None:
-            raise CriteriaError(f"{path}: replace.{node_id}: no node with that id in {child['extends']}")
-        target.clear()
-        target.update(copy.deepcopy(node))
+        for target in targets(node_id, "replace"):
+            target.clear()
+            target.update(copy.deepcopy(node))
+    for node_id, fields in (child.get("patch") or {}).items():
+        for target in targets(node_id, "patch"):
+            target.update(copy.deepcopy(fields))  # e.g. a payer's own label or source for a node
     for node_id, nodes in (child.get("add") or {}).items():
-        target = _by_id(tree, node_id)
-        key = next((k for k in ("all_of", "any_of", "of") if target and k in target), None)
-        if key is None:
-            raise CriteriaError(f"{path}: add.{node_id}: no all_of/any_of/at_least node with that id")
-        target[key].extend(copy.deepcopy(nodes))
+        for target in targets(node_id, "add"):
+            key = next((k for k in ("all_of", "any_of", "of") if k in target), None)
+            if key is None:
+                raise CriteriaError(f"{path}: add.{node_id}: not an all_of/any_of/at_least node")
+            target[key].extend(copy.deepcopy(nodes))
     return out
 
 
@@ -375,6 +463,40 @@ def _policy_files(root: Path) -> list[Path]:
                   if p.parent != root and not NOT_POLICIES & set(p.relative_to(root).parts[:-1]))
 
 
+class SafetyWhen(_Strict):
+    """A risk is present when any of these holds."""
+
+    diagnosis_codes: list[IcdCode] = Field(default=[], description="ICD-10-CM codes or prefixes")
+    text: list[str] = Field(default=[], description="phrases found in diagnoses, contraindications, findings, details")
+    drug_classes: list[str] = Field(default=[], description="a drug of these classes being taken on the referral date")
+    age_at_least: Optional[int] = None
+    bmi_at_least: Optional[float] = None
+
+
+class SafetyRequire(_Strict):
+    """Evidence that must be on file: an assessment of these measures, or a finding naming them."""
+
+    measures: list[str] = []
+    text: list[str] = []
+    within_days: Optional[int] = Field(default=None, gt=0)
+
+
+class SafetyRule(_Strict):
+    label: str
+    therapies: list[str] = []
+    products: list[str] = []
+    when: Optional[SafetyWhen] = None
+    require: Optional[SafetyRequire] = None
+    message: str
+    document: Optional[str] = None
+    source: str
+    verified: bool = True
+
+
+class SafetyRules(_Strict):
+    rules: dict[str, SafetyRule]
+
+
 @dataclass
 class Criteria:
     """Everything in a criteria folder, loaded and validated."""
@@ -383,6 +505,7 @@ class Criteria:
     vocabulary: Vocabulary
     products: ProductTable
     policies: list[Policy] = field(default_factory=list)
+    safety: SafetyRules = field(default_factory=lambda: SafetyRules(rules={}))
 
     def selectable(self) -> list[Policy]:
         return self.policies
@@ -427,7 +550,9 @@ def build_policy(key: str, raw: dict[str, tuple[Path, dict]]) -> Policy:
     path = raw[key][0]
     data = _resolve_raw(key, raw)
     params = data.get("parameters") or {}
-    data["criteria"] = _resolve_params(data.get("criteria"), params, "criteria", path)
+    for tree in ("criteria", "continuation"):
+        if data.get(tree) is not None:
+            data[tree] = _resolve_params(data[tree], params, tree, path)
     data["file"] = str(path)
     try:
         return Policy.model_validate(data)
@@ -444,7 +569,9 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     raw = load_raw_policies(root)
     # Abstract policies are patterns: only what extends them is complete enough to validate.
     policies = [build_policy(key, raw) for key, (_, data) in raw.items() if not data.get("abstract")]
-    return Criteria(root, vocabulary, products, policies)
+    safety_file = root / "safety.yaml"
+    safety = _load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
+    return Criteria(root, vocabulary, products, policies, safety)
 
 
 def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str, on: Date) -> Optional[Policy]:

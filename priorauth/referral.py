@@ -163,6 +163,10 @@ class Treatment(_Model):
     end_date: Optional[IsoDate] = Field(default=None, description="null: still taking it on the referral date")
     outcome: Optional[Outcome] = None
     details: Optional[str] = None
+    # Extensions for courses of the requested therapy, so a taper attempt can be shown
+    # (lower dose or longer interval than an earlier course) without parsing `dose` text.
+    dose_g_per_kg: Optional[float] = Field(default=None, gt=0, description="IVIG/SCIG course: grams per kg per cycle")
+    interval_weeks: Optional[float] = Field(default=None, gt=0, description="IVIG/SCIG course: weeks between cycles")
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> "Treatment":

@@ -26,6 +26,7 @@ BASE = {
     "diagnoses": [{"code": "M33.12"}],
     "findings": [{"kind": "muscle_biopsy", "supports_diagnosis": True}],
     "treatments": [],
+    "assessments": [{"measure": "creatinine", "value": 0.8, "unit": "mg/dL", "date": "2026-11-10"}],
     "request": {"therapy": "ivig", "product": "Privigen", "dose_g_per_kg": 2.0,
                 "days_per_cycle": 5, "interval_weeks": 4, "cycles": 6},
 }

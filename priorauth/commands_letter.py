@@ -1,0 +1,109 @@
+"""`priorauth letter`: write a referral's letter of medical necessity (spec section 4).
+
+A thin layer over priorauth.render; this module imports nothing heavy, so registering the
+command costs `priorauth check` nothing (jinja2, docxtpl and lxml load only to render).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .cli import UserError, criteria_for, criteria_option, friendly, read_referral
+
+FORMAT_CHOICES = ("docx", "pdf", "html", "md")  # = render.FORMATS (a test keeps them equal)
+KIND_CHOICES = ("initial", "continuation", "appeal")  # = render.KINDS
+
+
+def _refusal(det) -> str:
+    lines = [f"{det.referral_id}: {det.determination.replace('_', ' ')}: no letter written "
+             "(a letter is written only when the criteria are met)"]
+    if det.missing:
+        lines += ["What to document:"] + [f"  - {m}" for m in det.missing]
+    reasons = det.reasons()
+    if det.determination == "not_eligible" and reasons:
+        lines += ["Why not eligible:"] + [f"  - {r}" for r in reasons]
+    lines.append("Use --draft to write a draft marked DRAFT that lists what is missing.")
+    return "\n".join(lines)
+
+
+def _denial(denial_file, reason, date, reference):
+    from .render import load_denial, parse_denial
+
+    given = {k: v for k, v in (("reason", reason), ("date", date), ("reference", reference)) if v is not None}
+    if denial_file and given:
+        raise UserError("use either --denial FILE or the --denial-reason/--denial-date/--denial-reference options, not both")
+    if denial_file:
+        return load_denial(denial_file)
+    if given:
+        return parse_denial(given, "--denial-*")
+    return None
+
+
+@click.command()
+@click.argument("referral", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write; its extension (.docx .pdf .html .md) gives the format.")
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES), default=None,
+              help="Output format (default: from the -o extension).")
+@click.option("--kind", type=click.Choice(KIND_CHOICES), default=None,
+              help="initial, continuation or appeal (default: the referral's request_type).")
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+@click.option("--draft", is_flag=True,
+              help="Write the letter even when criteria are not met, marked DRAFT with what is missing.")
+@click.option("--template", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Your own template: .docx (docxtpl) for docx/pdf, Jinja2 text for html/md; rendered in a sandbox.")
+@click.option("--denial", "denial_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Appeal: YAML/JSON file with reason, date, reference and optionally criteria (ids the payer says are unmet).")
+@click.option("--denial-reason", default=None, help="Appeal: the payer's stated reason for the denial.")
+@click.option("--denial-date", default=None, help="Appeal: date of the denial (YYYY-MM-DD).")
+@click.option("--denial-reference", default=None, help="Appeal: the payer's reference or case number.")
+@criteria_option
+@friendly
+def letter(referral, output, fmt, kind, force, draft, template, denial_file, denial_reason, denial_date,
+           denial_reference, criteria_dir):
+    """Write the letter of medical necessity for one referral.
+
+    REFERRAL is a YAML or JSON referral file, or `-` for standard input. A letter is written
+    only when the referral meets the criteria (otherwise exit 2 with what is missing), unless
+    --draft is given. The file is written atomically, readable by its owner only, and never
+    overwritten without --force. PDF needs LibreOffice (soffice).
+
+    \b
+    Example:
+        priorauth letter samples/dm-refractory.yaml -o letters/R-2026-0001.docx
+        priorauth letter samples/dm-refractory.yaml -o R-2026-0001.pdf
+        priorauth letter samples/pv-missing-biopsy.yaml -o draft.html --draft
+        priorauth letter samples/dm-refractory.yaml -o appeal.docx --kind appeal \\
+            --denial-reason "steroid trial not documented" --denial-date 2026-12-01 --denial-reference PA-778812
+    """
+    from .determination import determine
+    from .render import format_for, render_letter, write_letter
+
+    fmt = format_for(output, fmt)
+    denial = _denial(denial_file, denial_reason, denial_date, denial_reference)
+    if denial is not None and kind not in (None, "appeal"):
+        raise UserError(f"--denial options belong to an appeal letter, not --kind {kind}")
+    if denial is not None:
+        kind = "appeal"
+    if kind == "appeal" and denial is None:
+        raise UserError("an appeal letter needs the denial: --denial FILE, or --denial-reason (with --denial-date "
+                        "and --denial-reference)")
+    if output.exists() and not force:
+        raise UserError(f"{output}: already exists (use --force to overwrite)")
+    crit = criteria_for(criteria_dir)
+    ref, warnings = read_referral(referral)
+    request_type = ref.request.request_type
+    if kind is None:
+        kind = request_type
+    elif kind in ("initial", "continuation") and kind != request_type:
+        raise UserError(f"--kind {kind}: the referral's request.request_type is {request_type}; "
+                        f"a {kind} letter needs a {kind} request")
+    det = determine(ref, crit, warnings)
+    if det.determination != "meets_criteria" and not draft:
+        raise UserError(_refusal(det))
+    data = render_letter(ref, det, fmt, kind=kind, draft=draft, template=template, denial=denial,
+                         vocabulary=crit.vocabulary)
+    write_letter(output, data, force=force)
+    click.echo(f"{output}: {'draft ' if draft else ''}{kind} letter ({fmt}, {len(data):,} bytes) for {det.referral_id}")
