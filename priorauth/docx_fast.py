@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 _TAG = re.compile(r"\{[{%#]")
+_LISTING = re.compile("[\t\n\a\f]")  # what DocxTemplate.resolve_listing rewrites inside <w:t>
+_BODY_MARK = b"<!--priorauth-docx-fast-body-->"
 _PARA = re.compile(r"<w:p([ >])")
 _PARA_NL = re.compile(r"\n<w:p([ >])")
 _CORE_PROPS = ("author", "comments", "identifier", "language", "subject", "title")  # as docxtpl.render_properties
@@ -123,14 +125,26 @@ class FastDocx:
         self._env = env
         self._serialize = serialize_part_xml
 
-        # The working copy: its document element receives each rendered body.
+        # The working copy, for docxtpl's own pre- and post-processing helpers.
         tpl = DocxTemplate(io.BytesIO(raw))
         tpl.render_init()
         self._tpl = tpl
-        self._root = tpl.docx._element
         body_src = _PARA.sub(r"\n<w:p\1", tpl.patch_xml(tpl.get_xml()))
         self._body = env.from_string(body_src)
         self._document_name = tpl.docx.part.partname.membername
+        # document.xml around the body, serialised once. docxtpl puts the rendered body into
+        # the document element and python-docx serialises the whole; moving the body there
+        # drops its namespace declarations that the document element already makes, so the
+        # same bytes are: prefix + body without those declarations + suffix.
+        from lxml import etree
+
+        root = tpl.docx._element
+        self._root_ns = dict(root.nsmap)
+        body = root.body
+        marker = etree.Comment(_BODY_MARK[4:-3].decode())
+        root.replace(body, marker)
+        self._prefix, self._suffix = serialize_part_xml(root).split(_BODY_MARK)
+        root.replace(marker, body)
 
         # The reference package: docxtpl's render with everything that cannot vary between
         # letters done once (untemplated headers, footers, footnotes, core properties).
@@ -190,17 +204,25 @@ class FastDocx:
         # DocxTemplate.render_xml_part after its from_string
         xml = _PARA_NL.sub(r"<w:p\1", template.render(context))
         xml = xml.replace("{_{", "{{").replace("}_}", "}}").replace("{_%", "{%").replace("%_}", "%}")
-        return self._tpl.resolve_listing(xml)
+        # resolve_listing only rewrites tabs, newlines, \a and \f: without any it is the identity
+        return self._tpl.resolve_listing(xml) if _LISTING.search(xml) else xml
 
     def document_xml(self, context: Mapping[str, Any]) -> bytes:
         """word/document.xml for this context, as docxtpl + python-docx would write it."""
         from docx.oxml.ns import nsmap
+        from lxml import etree
 
         tree = self._tpl.fix_tables(self._render_xml(self._body, context))
         for i, elt in enumerate(tree.xpath("//wp:docPr", namespaces=nsmap), start=1001):
             elt.attrib["id"] = str(i)  # DocxTemplate.fix_docpr_ids, counting from 1000 each render
-        self._root.replace(self._root.body, tree)
-        return self._serialize(self._root)
+        body = etree.tostring(tree, encoding="UTF-8")
+        start = body.index(b">") + 1
+        tag = body[:start]
+        for prefix, uri in tree.nsmap.items():
+            if self._root_ns.get(prefix) == uri:
+                name = b"xmlns" if prefix is None else b"xmlns:" + prefix.encode()
+                tag = tag.replace(b" " + name + b'="' + uri.encode() + b'"', b"", 1)
+        return self._prefix + tag + body[start:] + self._suffix
 
     def parts(self, context: Mapping[str, Any]) -> dict[str, bytes]:
         """Every part that varies with the context: name -> bytes."""

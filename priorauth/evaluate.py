@@ -98,8 +98,9 @@ def weeks_between(start: Date, end: Date) -> float:
 
 
 def lasted_at_least(start: Date, end: Date, weeks: float) -> bool:
-    # relativedelta keeps "exactly the minimum" on the boundary: 4 weeks = 28 days counts.
-    return start + relativedelta(days=round(weeks * 7)) <= end
+    # Weeks are exact day counts (4 weeks = 28 days, and exactly the minimum counts);
+    # relativedelta is kept for calendar months and years, where day counts vary.
+    return (end - start).days >= round(weeks * 7)
 
 
 def humanize(value: str) -> str:
@@ -130,6 +131,7 @@ class Context:
     # (index, treatment, generic name or None) once, so each leaf need not look names up again
     treatments: list[tuple[int, Treatment, Optional[str]]] = field(default_factory=list)
     _dosing: Any = None
+    _members: dict = field(default_factory=dict)
 
     def dosing(self):
         """The dosing computation, once per referral (dosing and unit-cap leaves share it)."""
@@ -150,8 +152,12 @@ class Context:
         return self.referral.date
 
     def members(self, class_id: str) -> list[tuple[int, Treatment, str]]:
-        """Treatments that are systemic members of a drug class."""
-        return [(i, t, g) for i, t, g in self.treatments if g and self.vocab.in_class(g, class_id, t.route)]
+        """Treatments that are systemic members of a drug class (asked by several leaves: cached)."""
+        found = self._members.get(class_id)
+        if found is None:
+            found = self._members[class_id] = [(i, t, g) for i, t, g in self.treatments
+                                               if g and self.vocab.in_class(g, class_id, t.route)]
+        return found
 
     def evidence(self, i: int, t: Treatment) -> Evidence:
         return Evidence("treatment", i, treatment_summary(t, self.as_of))

@@ -68,19 +68,24 @@ class Vocabulary(_Strict):
         """Generic name for a generic, brand or alias name (case-insensitive); None if unknown."""
         return self._index.get(name_key(name))
 
-    def members(self, class_id: str) -> set[str]:
+    @cached_property
+    def _members(self) -> dict[str, frozenset[str]]:
+        def expand(cid: str, seen: frozenset = frozenset()) -> frozenset[str]:
+            parts = self.classes[cid].includes if cid in self.classes and cid not in seen else []
+            return frozenset({cid}).union(*(expand(p, seen | {cid}) for p in parts))
+
+        return {cid: expand(cid) for cid in self.classes}
+
+    def members(self, class_id: str) -> frozenset[str]:
         """Classes a class stands for, itself included (steroid_sparing -> its parts)."""
-        out = {class_id}
-        for part in self.classes[class_id].includes if class_id in self.classes else []:
-            out |= self.members(part)
-        return out
+        return self._members.get(class_id, frozenset({class_id}))
 
     def in_class(self, generic: str, class_id: str, route: Optional[str]) -> bool:
         """Is this drug, by this route, a systemic member of the class?"""
         drug = self.drugs[generic]
         route = route or drug.default_route
         wanted = self.members(class_id)
-        return any(c in wanted and route in self.classes[c].systemic_routes for c in drug.classes)
+        return any(c in wanted and route in self.classes[c].systemic_routes for c in drug.classes if c in self.classes)
 
     def label(self, class_id: str) -> str:
         return self.classes[class_id].label if class_id in self.classes else class_id.replace("_", " ")
@@ -297,7 +302,14 @@ for _model in (AllOf, AnyOf, AtLeast):
 
 
 def children(node: Any) -> list[Any]:
-    return getattr(node, "all_of", None) or getattr(node, "any_of", None) or getattr(node, "of", None) or []
+    # isinstance, not getattr: a missing attribute on a pydantic model is slow to ask for.
+    if isinstance(node, AllOf):
+        return node.all_of
+    if isinstance(node, AnyOf):
+        return node.any_of
+    if isinstance(node, AtLeast):
+        return node.of
+    return []
 
 
 def walk(node: Any):

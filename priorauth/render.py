@@ -240,14 +240,25 @@ def us_dates(text: Optional[str]) -> Optional[str]:
     return _ISO_IN_TEXT.sub(r"\2/\3/\1", text) if text else text
 
 
+def _reason_and_evidence(reason: str, evidence: list[str]) -> dict:
+    """Say each thing once: evidence the reason already quotes is not repeated as a bullet,
+    and a reason that only lists several pieces of evidence keeps its lead-in, the bullets the rest."""
+    quoted = [e for e in evidence if e and e in reason]
+    if len(evidence) >= 2 and len(quoted) == len(evidence):
+        lead = reason[:min(reason.index(e) for e in evidence)].rstrip(" :;,")
+        if lead:
+            reason = lead
+            quoted = []
+    return {"reason": us_dates(reason), "evidence": [us_dates(e) for e in evidence if e not in quoted]}
+
+
 def _criterion(r, ancestors, policy) -> dict:
     src = policy.sources.get(r.node.source) if policy and r.node.source else None
     pathway = next((a.node for a in (*ancestors, r) if getattr(a.node, "pathway", False)), None)
     return {
         "id": r.node.id,
         "label": r.node.label,
-        "reason": us_dates(r.reason),
-        "evidence": [us_dates(e.summary) for e in r.evidence],
+        **_reason_and_evidence(r.reason, [e.summary for e in r.evidence]),
         "citation": src.citation if src else None,
         "url": src.url if src else None,
         "pathway": pathway.label if pathway is not None else None,
@@ -490,6 +501,7 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
                      for r, _ in (_walk(det.result) if det.result else ())
                      if getattr(r.node, "pathway", False) and r.status == MET],
         "criteria": _met_leaves(det.result, policy),
+        "met_ids": [r.node.id for r, _ in (_walk(det.result) if det.result else ()) if r.status == MET],
         "literature": [{"citation": policy.sources[k].citation, "url": policy.sources[k].url}
                        for k in (policy.literature if policy else []) if k in policy.sources],
         "labs": {},
@@ -604,8 +616,8 @@ def chart_png(context: Mapping[str, Any]) -> Optional[bytes]:
         ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.5, color="#1f4e79")
         if start is not None:
             ax.axvline(start, color="#c00000", linestyle="--", linewidth=1)
-            ax.annotate(f"{label} start", xy=(start, 1), xycoords=("data", "axes fraction"),
-                        xytext=(3, -9), textcoords="offset points", fontsize=6.5, color="#c00000")
+            ax.annotate(f"{label} start", xy=(start, 0), xycoords=("data", "axes fraction"),
+                        xytext=(3, 3), textcoords="offset points", fontsize=6.5, color="#c00000")
         title = s["label"] + (f" ({s['unit']})" if s["unit"] else "")
         ax.set_title(title, fontsize=8, loc="left")
         locator = AutoDateLocator(maxticks=5)

@@ -23,39 +23,56 @@ class Screen:
     evidence: list[tuple[str, Optional[int], str]]  # (kind, index, summary)
 
 
-def _texts(ref: Referral):
-    """Free text where a clinic writes conditions: (kind, index, text)."""
-    for i, d in enumerate(ref.diagnoses):
-        yield "diagnosis", i, d.description or ""
-    for i, c in enumerate(ref.contraindications):
-        yield "contraindication", i, f"{c.drug or ''} {c.drug_class or ''} {c.reason}"
-    for i, f in enumerate(ref.findings):
-        yield "finding", i, f.result or ""
-    for i, t in enumerate(ref.treatments):
-        yield "treatment", i, t.details or ""
+def _texts(ref: Referral) -> list[tuple[str, int, str]]:
+    """Free text where a clinic writes conditions, case-folded: (kind, index, text)."""
+    out = [("diagnosis", i, d.description) for i, d in enumerate(ref.diagnoses)]
+    out += [("contraindication", i, f"{c.drug or ''} {c.drug_class or ''} {c.reason}")
+            for i, c in enumerate(ref.contraindications)]
+    out += [("finding", i, f.result) for i, f in enumerate(ref.findings)]
+    out += [("treatment", i, t.details) for i, t in enumerate(ref.treatments)]
+    return [(k, i, t.casefold()) for k, i, t in out if t]
 
 
-def _risk_factors(when: P.SafetyWhen, ref: Referral, vocab: P.Vocabulary) -> tuple[list[str], list]:
-    factors, evidence = [], []
-    age = relativedelta(ref.date, ref.patient.birth_date).years
-    if when.age_at_least is not None and age >= when.age_at_least:
-        factors.append(f"age {age}")
+@dataclass
+class Facts:
+    """What every rule looks at, worked out once per referral."""
+
+    ref: Referral
+    age: int
+    bmi: Optional[float]
+    texts: list[tuple[str, int, str]]
+    current: list[tuple[int, str, Optional[str], str]]  # treatments taken on the date: (index, generic, route, name)
+
+
+def facts(ref: Referral, vocab: P.Vocabulary) -> Facts:
     p = ref.patient
-    if when.bmi_at_least is not None and p.weight_kg and p.height_cm and bmi(p.weight_kg, p.height_cm) >= when.bmi_at_least:
-        factors.append(f"BMI {bmi(p.weight_kg, p.height_cm):.1f}")
+    current = []
+    for i, t in enumerate(ref.treatments):
+        generic = vocab.generic(t.drug)
+        if generic and (t.end_date is None or t.end_date >= ref.date):
+            current.append((i, generic, t.route, t.drug))
+    return Facts(ref, relativedelta(ref.date, p.birth_date).years,
+                 bmi(p.weight_kg, p.height_cm) if p.weight_kg and p.height_cm else None, _texts(ref), current)
+
+
+def _risk_factors(when: P.SafetyWhen, f: Facts, vocab: P.Vocabulary) -> tuple[list[str], list]:
+    factors, evidence = [], []
+    ref = f.ref
+    if when.age_at_least is not None and f.age >= when.age_at_least:
+        factors.append(f"age {f.age}")
+    if when.bmi_at_least is not None and f.bmi is not None and f.bmi >= when.bmi_at_least:
+        factors.append(f"BMI {f.bmi:.1f}")
     for i, d in enumerate(ref.diagnoses):
         if when.diagnosis_codes and d.code.startswith(tuple(when.diagnosis_codes)):
             factors.append(d.code + (f" {d.description}" if d.description else ""))
             evidence.append(("diagnosis", i, d.code))
-    for i, t in enumerate(ref.treatments):
-        generic = vocab.generic(t.drug)
-        current = t.end_date is None or t.end_date >= ref.date
-        if generic and current and any(vocab.in_class(generic, c, t.route) for c in when.drug_classes):
-            factors.append(f"{t.drug} being taken")
-            evidence.append(("treatment", i, t.drug))
+    for i, generic, route, name in f.current:
+        if any(vocab.in_class(generic, c, route) for c in when.drug_classes):
+            factors.append(f"{name} being taken")
+            evidence.append(("treatment", i, name))
     phrases = [w.casefold() for w in when.text]
-    for kind, i, text in _texts(ref):
-        hit = next((w for w in phrases if w in text.casefold()), None)
+    for kind, i, text in f.texts:
+        hit = next((w for w in phrases if w in text), None)
         if hit:
             factors.append(f"'{hit}' in {kind} {i + 1}")
             evidence.append((kind, i, hit))
@@ -82,9 +99,10 @@ def applies(rule: P.SafetyRule, ref: Referral, product: Optional[str]) -> bool:
     return not rule.products or (product or "") in rule.products
 
 
-def screen(rule_id: str, rule: P.SafetyRule, ref: Referral, vocab: P.Vocabulary, product: Optional[str]) -> Screen:
+def screen(rule_id: str, rule: P.SafetyRule, ref: Referral, vocab: P.Vocabulary, product: Optional[str],
+           known: Optional[Facts] = None) -> Screen:
     if rule.when is not None:
-        factors, evidence = _risk_factors(rule.when, ref, vocab)
+        factors, evidence = _risk_factors(rule.when, known or facts(ref, vocab), vocab)
         if factors:
             message = rule.message.format(factors=", ".join(factors), product=product or ref.request.product)
             return Screen(rule_id, rule, "risk", message, factors, evidence)
@@ -99,5 +117,6 @@ def screen(rule_id: str, rule: P.SafetyRule, ref: Referral, vocab: P.Vocabulary,
 def screen_all(ref: Referral, criteria: P.Criteria) -> list[Screen]:
     found = criteria.products.find(ref.request.product)
     product = found[0] if found else None
-    return [screen(rid, rule, ref, criteria.vocabulary, product)
+    known = facts(ref, criteria.vocabulary)
+    return [screen(rid, rule, ref, criteria.vocabulary, product, known)
             for rid, rule in criteria.safety.rules.items() if applies(rule, ref, product)]

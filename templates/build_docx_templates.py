@@ -261,11 +261,11 @@ class Letter:
         self.draft_box()
         self.letterhead()
         self.addressing()
+        self.appeal()  # an appeal answers the denial first
         self.request()
+        self.continuation()  # a continuation shows the response right after what it asks for
         self.diagnosis()
         self.prior_therapy()
-        self.continuation()
-        self.appeal()
         self.criteria()
         self.literature()
         self.monitoring()
@@ -387,7 +387,7 @@ class Letter:
                          "{% if m.latest %}{{ m.latest }} on {{ m.latest_date }}{% else %}-{% endif %}",
                          "{% if m.change %}{{ m.change }}{% if m.change_percent %} ({{ m.change_percent }}){% endif %}{% else %}-{% endif %}",
                          "{{ m.verdict or '' }}"],
-                        [2.0, 1.55, 1.55, 1.1, 0.8], size=9)
+                        [1.85, 1.45, 1.45, 1.15, 1.1], size=9)
         self.tag("{%p if chart %}")
         self.para("{{ chart }}", before=6, after=0, align=WD_ALIGN_PARAGRAPH.CENTER)
         self.para("{{ text.chart_caption }}", italic=True, size=8.5, color=GREY, after=4,
@@ -406,7 +406,8 @@ class Letter:
         self.tag("{%p endif %}")
         self.para("{{ point.answer }}", after=1)
         self.tag("{%p for item in point.support %}")
-        self.para("{{ item.label }}: {{ item.reason }}", style="List Bullet", after=1)
+        self.para("{% if item.label != point.label %}{{ item.label }}: {% endif %}{{ item.reason }}",
+                  style="List Bullet", after=1)
         self.bullets("e in item.evidence", "{{ e }}", style="List Bullet 2")
         self.tag("{%p endfor %}")
         self.tag("{%p endfor %}")

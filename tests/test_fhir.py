@@ -1,0 +1,509 @@
+"""FHIR R4 import (issue 6): Synthea exports, our own bundles, malformed input, the CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import stat
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from priorauth import determine, load_criteria
+from priorauth.cli import cli
+from priorauth.dosing import round1
+from priorauth.fhir import referral_data_from_bundle
+from priorauth.referral import read_referral, referral_from_data
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "samples" / "fhir"
+SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "fhir-samples" / "synthea"
+ADULT = SYNTHEA / "Asa_Hermiston_4384bf23-1dc3-48ca-8c84-89fbaff201ae.json"  # RA: methotrexate, cyclosporine, topical HC
+CHILD = SYNTHEA / "Alexis_Toy_68cd1181-6359-4047-a77f-a165d7912480.json"  # a short oral prednisone course
+needs_synthea = pytest.mark.skipif(not ADULT.exists() or not CHILD.exists(),
+                                   reason="shared/fhir-samples/synthea is not beside the repository")
+
+# What a Synthea export lacks: no infusion order, no Coverage, NPIs that fail the check digit,
+# and no condition the policies cover.
+SUPPLEMENT = {
+    "request": {"therapy": "ivig", "product": "Privigen", "dose_g_per_kg": 2.0, "days_per_cycle": 5,
+                "interval_weeks": 4, "cycles": 6},
+    "coverage": {"payer": "acme-health", "member_id": "A123"},
+    "prescriber": {"name": "Anita Rao, MD", "npi": "1234567893"},
+    "diagnoses": [{"code": "M33.12", "description": "Dermatomyositis with myopathy"}],
+}
+
+
+@pytest.fixture(scope="module")
+def crit():
+    return load_criteria()
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def imported(path: Path, **kw) -> tuple[dict, list[str]]:
+    return referral_data_from_bundle(load_json(path), str(path), supplement=copy.deepcopy(SUPPLEMENT), **kw)
+
+
+def by_drug(data: dict, drug: str) -> dict:
+    matches = [t for t in data["treatments"] if t["drug"] == drug]
+    assert len(matches) == 1, f"expected one {drug} treatment, got {len(matches)}"
+    return matches[0]
+
+
+def resources(bundle: dict, rtype: str) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == rtype]
+
+
+def med_text(resource: dict) -> str:
+    return resource["medicationCodeableConcept"]["text"]
+
+
+def latest_observation(bundle: dict, loinc: str) -> float:
+    obs = [o for o in resources(bundle, "Observation") if o["code"]["coding"][0]["code"] == loinc]
+    return max(obs, key=lambda o: o["effectiveDateTime"])["valueQuantity"]["value"]
+
+
+# ------------------------------------------------------------------ Synthea exports
+
+
+@needs_synthea
+def test_adult_medication_history_keeps_drugs_routes_and_dates():
+    bundle = load_json(ADULT)
+    data, _ = imported(ADULT)
+    order = {med_text(r): r for r in resources(bundle, "MedicationRequest")}
+    mtx = by_drug(data, "methotrexate")
+    # The start date is the order's authoredOn, exactly as written in the bundle.
+    assert mtx["start_date"] == order["Methotrexate 10 MG Oral Tablet"]["authoredOn"][:10] == "2019-02-19"
+    assert (mtx["route"], mtx["end_date"], mtx["outcome"]) == ("oral", None, "ongoing")
+    cyclo = by_drug(data, "cyclosporine")
+    assert (cyclo["route"], cyclo["start_date"]) == ("oral", "2017-07-06")
+    assert cyclo["end_date"] is not None, "a stopped order must not read as still being taken"
+    hc = by_drug(data, "hydrocortisone")
+    assert (hc["route"], hc["start_date"]) == ("topical", "2017-07-06")
+    assert {t["drug"] for t in data["treatments"]} == {"methotrexate", "cyclosporine", "hydrocortisone"}
+
+
+@needs_synthea
+def test_weight_and_height_come_from_the_latest_observations():
+    for path in (ADULT, CHILD):
+        bundle = load_json(path)
+        data, _ = imported(path)
+        assert data["patient"]["weight_kg"] == round1(latest_observation(bundle, "29463-7"))
+        assert data["patient"]["height_cm"] == round1(latest_observation(bundle, "8302-2"))
+    child, _ = imported(CHILD)
+    assert child["patient"]["weight_kg"] == 12.5  # not the newborn's 3.6 kg
+    assert child["patient"]["height_cm"] == 87.2
+
+
+@needs_synthea
+def test_referral_date_is_the_newest_resource_date_never_the_clock():
+    assert imported(ADULT)[0]["date"] == "2020-06-10"
+    assert imported(CHILD)[0]["date"] == "2021-03-14"
+    bundle = load_json(CHILD)
+    bundle["timestamp"] = "2020-09-01T08:00:00Z"
+    data, _ = referral_data_from_bundle(bundle, "child", supplement=copy.deepcopy(SUPPLEMENT))
+    assert data["date"] == "2020-09-01"
+    assert data["patient"]["weight_kg"] == round1(11.82157809999909)  # the latest weight on or before that date
+
+
+@needs_synthea
+def test_topical_hydrocortisone_is_not_a_systemic_steroid_trial(crit):
+    data, warnings = imported(ADULT)
+    data["findings"] = [{"kind": "muscle_biopsy", "supports_diagnosis": True}]
+    hc = by_drug(data, "hydrocortisone")
+    hc.update(end_date="2017-09-30", outcome="inadequate_response")  # a 12-week "failure" of the cream
+
+    det = determine(referral_from_data(data, "adult"), crit, warnings)
+    refractory = next(c for c in det.criteria() if c["id"] == "refractory_to_steroids")
+    assert refractory["status"] == "not_met"
+    assert not any("hydrocortisone" in e["summary"] for e in refractory["evidence"])
+    assert "refractory_to_steroids" not in det.pathways_met
+
+    hc["route"] = "oral"  # the same trial taken by mouth would count: the test can fail
+    det = determine(referral_from_data(data, "adult"), crit, warnings)
+    assert "refractory_to_steroids" in det.pathways_met
+
+
+@needs_synthea
+def test_child_prednisone_course_and_warnings_name_only_ids():
+    data, warnings = imported(CHILD)
+    pred = by_drug(data, "prednisone")
+    assert (pred["route"], pred["start_date"]) == ("oral", "2019-09-16")
+    assert pred["end_date"] is not None and pred["end_date"] <= data["date"]
+    assert len(data["treatments"]) == 1
+    text = "\n".join(warnings)
+    # Loratadine and the epinephrine auto-injector are not in the drug vocabulary: reported, by id.
+    assert "811f1b08-628c-4a39-8764-f86f6076caac" in text and "97841e2a-00c1-4b23-baf3-0fdb7f3b5091" in text
+    assert "Observation" in text and "Immunization" in text
+    for phi in ("Alexis", "Toy", "Loratadine", "Epinephrine", "sinusitis", "2018-06-22"):
+        assert phi not in text
+
+
+@needs_synthea
+def test_synthea_imports_through_the_cli(tmp_path):
+    request = tmp_path / "request.yaml"
+    request.write_text(yaml.safe_dump(SUPPLEMENT))
+    for path in (ADULT, CHILD):
+        out = tmp_path / f"{path.stem[:4]}.yaml"
+        result = CliRunner().invoke(cli, ["import-fhir", str(path), "--request", str(request), "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        referral, _ = read_referral(out)
+        assert referral.coverage.payer == "acme-health"
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+@needs_synthea
+def test_check_on_a_bare_synthea_bundle_says_what_to_supply():
+    result = CliRunner().invoke(cli, ["check", str(ADULT)])
+    assert result.exit_code == 2
+    assert "the request is missing" in result.output and "coverage" in result.output
+    assert str(ADULT) in result.output
+    assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ our bundles round-trip
+
+
+@pytest.mark.parametrize("bundle, equivalent, pathways", [
+    ("dm-bundle.json", "dm-fhir-equivalent.yaml", ["refractory_to_steroids", "first_line_failure"]),
+    ("pv-bundle.json", "pv-fhir-equivalent.yaml", ["flare_on_taper"]),
+])
+def test_own_bundles_decide_like_their_yaml_referrals(crit, bundle, equivalent, pathways):
+    from_fhir, warnings = read_referral(SAMPLES / bundle)
+    from_yaml, _ = read_referral(SAMPLES / equivalent)
+    a, b = determine(from_fhir, crit, warnings), determine(from_yaml, crit)
+    assert a.determination == b.determination == "meets_criteria"
+    assert a.pathways_met == b.pathways_met == pathways
+    assert a.dosing == b.dosing and a.dosing is not None
+    assert a.policy.id == b.policy.id
+
+    def essentials(ref):
+        return ([(t.drug, t.route, t.start_date, t.end_date, t.outcome) for t in ref.treatments],
+                [(f.kind, f.date, f.supports_diagnosis) for f in ref.findings],
+                [d.code for d in ref.diagnoses], ref.patient.model_dump(), ref.coverage.model_dump(),
+                ref.prescriber.model_dump(), ref.request.model_dump(), ref.date, ref.referral_id,
+                [(c.drug, c.drug_class) for c in ref.contraindications],
+                [(x.measure, x.value, x.date) for x in ref.assessments])
+
+    assert essentials(from_fhir) == essentials(from_yaml)
+
+
+def test_import_warnings_reach_the_determination():
+    result = CliRunner().invoke(cli, ["check", str(SAMPLES / "dm-bundle.json"), "--json"])
+    assert result.exit_code == 0, result.output
+    warnings = json.loads(result.output)["warnings"]
+    assert any("AllergyIntolerance" in w and "00000000-0000-4000-8000-000000000021" in w for w in warnings)
+
+
+# ------------------------------------------------------------------ malformed bundles
+
+
+def mini() -> dict:
+    """A small valid transaction bundle: patient, coverage, prescriber, condition, IVIG order."""
+    pid = "urn:uuid:11111111-1111-4111-8111-111111111111"
+    entries = [
+        {"resourceType": "Patient", "id": "p1", "name": [{"family": "Doe", "given": ["Jo"]}],
+         "gender": "female", "birthDate": "1970-01-01"},
+        {"resourceType": "Coverage", "id": "c1", "status": "active", "beneficiary": {"reference": pid},
+         "payor": [{"display": "Centers for Medicare & Medicaid Services"}], "subscriberId": "M-1"},
+        {"resourceType": "Practitioner", "id": "d1", "name": [{"family": "Rao", "given": ["Anita"]}],
+         "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}]},
+        {"resourceType": "Condition", "id": "k1", "subject": {"reference": pid},
+         "code": {"coding": [{"system": "http://snomed.info/sct", "code": "396230008", "display": "Dermatomyositis"}]}},
+        {"resourceType": "Observation", "id": "w1", "status": "final", "subject": {"reference": pid},
+         "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}]}, "effectiveDateTime": "2026-11-01",
+         "valueQuantity": {"value": 154, "unit": "lb", "system": "http://unitsofmeasure.org", "code": "[lb_av]"}},
+        {"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+         "subject": {"reference": pid}, "medicationCodeableConcept": {"text": "Octagam 10% 10 G/100 ML Injectable Solution"},
+         "authoredOn": "2026-11-15", "requester": {"reference": "Practitioner/d1"},
+         "dosageInstruction": [{"text": "2 g/kg over 4 days every 4 weeks for 3 cycles"}]},
+    ]
+    full = [{"fullUrl": pid if r["resourceType"] == "Patient" else f"urn:uuid:{i:08d}-0000-4000-8000-000000000000",
+             "resource": r, "request": {"method": "POST", "url": r["resourceType"]}} for i, r in enumerate(entries)]
+    return {"resourceType": "Bundle", "id": "mini 1/x", "type": "transaction", "timestamp": "2026-11-20T12:00:00Z",
+            "entry": full}
+
+
+def entry(bundle: dict, rid: str) -> dict:
+    return next(e["resource"] for e in bundle["entry"] if e["resource"].get("id") == rid)
+
+
+def check_file(tmp_path: Path, payload: str | dict) -> object:
+    path = tmp_path / "bundle.json"
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return CliRunner().invoke(cli, ["check", str(path)]), path
+
+
+def test_the_mini_bundle_is_valid_and_maps_its_conventions():
+    data, warnings = referral_data_from_bundle(mini(), "mini")
+    assert data["referral_id"] == "mini-1-x"  # Bundle.id, sanitised
+    assert data["coverage"] == {"payer": "medicare", "member_id": "M-1"}
+    assert data["diagnoses"][0]["code"] == "M33.10"  # through criteria/fhir/snomed-icd10.yaml
+    assert data["patient"]["weight_kg"] == 69.9  # 154 lb
+    assert data["request"] == {"therapy": "ivig", "product": "Octagam 10%", "request_type": "initial",
+                               "dose_g_per_kg": 2.0, "days_per_cycle": 4, "interval_weeks": 4.0, "cycles": 3}
+    assert data["prescriber"] == {"name": "Anita Rao", "npi": "1234567893"}
+    referral_from_data(data, "mini")
+
+
+@pytest.mark.parametrize("payload, expected", [
+    ("{not json at all", "not valid YAML or JSON"),
+    ({"resourceType": "Patient", "id": "p"}, "expected a FHIR Bundle"),
+    ({"resourceType": "Bundle", "type": "history", "entry": []}, "Bundle.type"),
+    ({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {"resourceType": "Pateint"}}]},
+     "entry[0].resource.resourceType"),
+])
+def test_not_a_usable_bundle_is_exit_2_naming_file_and_field(tmp_path, payload, expected):
+    result, path = check_file(tmp_path, payload)
+    assert result.exit_code == 2, result.output
+    assert expected in result.output and str(path) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_invalid_fhir_field_names_entry_resource_and_field(tmp_path):
+    bundle = mini()
+    entry(bundle, "p1")["birthDate"] = "1970-13-45"
+    result, path = check_file(tmp_path, bundle)
+    assert result.exit_code == 2
+    assert "entry[0] Patient/p1: birthDate" in result.output and str(path) in result.output
+    assert "1970-13-45" not in result.output  # the rejected value is patient data
+
+
+@pytest.mark.parametrize("rid, field, ref", [
+    ("m1", "subject", "urn:uuid:99999999-9999-4999-8999-999999999999"),
+    ("m1", "subject", "Patient/nobody"),
+    ("m1", "requester", "Practitioner/missing"),
+    ("k1", "subject", "urn:uuid:99999999-9999-4999-8999-999999999999"),
+])
+def test_broken_reference_is_exit_2_naming_resource_and_field(tmp_path, rid, field, ref):
+    bundle = mini()
+    entry(bundle, rid)[field] = {"reference": ref}
+    result, path = check_file(tmp_path, bundle)
+    assert result.exit_code == 2, result.output
+    kind = entry(bundle, rid)["resourceType"]
+    assert f"{kind}/{rid} {field}" in result.output and "does not resolve" in result.output
+    assert str(path) in result.output and "Traceback" not in result.output
+
+
+def test_two_patients_is_an_error(tmp_path):
+    bundle = mini()
+    bundle["entry"].append({"fullUrl": "urn:uuid:22222222-2222-4222-8222-222222222222",
+                            "resource": {"resourceType": "Patient", "id": "p2"}, "request": {"method": "POST", "url": "Patient"}})
+    result, _ = check_file(tmp_path, bundle)
+    assert result.exit_code == 2 and "2 Patient resources" in result.output
+
+
+def test_missing_request_and_coverage_are_listed_together(tmp_path):
+    bundle = mini()
+    bundle["entry"] = [e for e in bundle["entry"] if e["resource"]["resourceType"] not in ("Coverage", "MedicationRequest")]
+    result, _ = check_file(tmp_path, bundle)
+    assert result.exit_code == 2
+    assert "the request is missing" in result.output and "no Coverage resource" in result.output
+    assert "prescriber" in result.output  # the only NPI-bearing practitioner requested nothing... but is unique
+    assert "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ mapping conventions
+
+
+def with_statement(status: str, reason: str | None, period: dict, text="predniSONE 20 MG Oral Tablet", route=None) -> dict:
+    bundle = mini()
+    statement = {"resourceType": "MedicationStatement", "id": "s1", "status": status,
+                 "subject": {"reference": "Patient/p1"}, "medicationCodeableConcept": {"text": text},
+                 "effectivePeriod": period}
+    if reason:
+        statement["statusReason"] = [{"text": reason}]
+    if route:
+        statement["dosage"] = [{"route": {"text": route}}]
+    bundle["entry"].append({"fullUrl": "urn:uuid:33333333-3333-4333-8333-333333333333", "resource": statement,
+                            "request": {"method": "POST", "url": "MedicationStatement"}})
+    return bundle
+
+
+@pytest.mark.parametrize("reason, outcome", [
+    ("Adverse reaction: hyperglycaemia", "intolerance"),
+    ("Stopped: steroid-induced psychosis, not tolerated", "intolerance"),
+    ("Ineffective after 8 weeks", "inadequate_response"),
+    ("No response; treatment failure", "inadequate_response"),
+    ("Flared each time it was tapered", "flare_on_taper"),
+    ("Stopped because of cost", "other"),
+    ("Disease in remission", "response"),
+    (None, None),
+])
+def test_status_reason_conventions(reason, outcome):
+    bundle = with_statement("completed", reason, {"start": "2026-01-01", "end": "2026-03-01"})
+    data, _ = referral_data_from_bundle(bundle, "b")
+    assert by_drug(data, "prednisone").get("outcome") == outcome
+
+
+def test_unmatched_reason_is_unknown_with_a_warning():
+    data, warnings = referral_data_from_bundle(with_statement("stopped", "moved away", {"start": "2026-01-01",
+                                                                                         "end": "2026-02-01"}), "b")
+    assert "outcome" not in by_drug(data, "prednisone")
+    assert any("MedicationStatement/s1" in w and "statusReason" in w for w in warnings)
+
+
+def test_active_without_end_is_ongoing_and_future_end_is_still_taking():
+    data, _ = referral_data_from_bundle(with_statement("active", None, {"start": "2026-01-01", "end": "2027-06-01"}), "b")
+    pred = by_drug(data, "prednisone")
+    assert (pred["end_date"], pred["outcome"]) == (None, "ongoing")
+
+
+def test_active_with_flare_reason_keeps_the_flare():
+    data, _ = referral_data_from_bundle(with_statement("active", "flare on taper below 10 mg", {"start": "2026-01-01"}), "b")
+    assert by_drug(data, "prednisone")["outcome"] == "flare_on_taper"
+
+
+@pytest.mark.parametrize("text, route_text, drug, route", [
+    ("Clobetasol Propionate 0.5 MG/G Topical Ointment", None, "clobetasol", "topical"),
+    ("Methotrexate 25 MG/ML Auto-Injector", None, "methotrexate", "sc"),
+    ("methylPREDNISolone 40 MG/ML Injectable Suspension", "Intramuscular route", "methylprednisolone", "im"),
+    ("Rituxan 10 MG/ML Injection", None, "rituximab", None),  # the drug's default route applies
+    ("CellCept 500 MG Oral Tablet", None, "mycophenolate mofetil", "oral"),
+])
+def test_drug_and_route_from_text(text, route_text, drug, route):
+    bundle = with_statement("completed", None, {"start": "2026-01-01", "end": "2026-02-01"}, text=text, route=route_text)
+    data, _ = referral_data_from_bundle(bundle, "b")
+    assert by_drug(data, drug).get("route") == route
+
+
+def test_snomed_map_needs_the_name_for_an_unverified_code():
+    bundle = mini()
+    entry(bundle, "k1")["code"] = {"coding": [{"system": "http://snomed.info/sct", "code": "77090002",
+                                               "display": "Something else entirely"}]}
+    with pytest.raises(Exception, match="diagnoses"):
+        referral_data_from_bundle(bundle, "b")
+    entry(bundle, "k1")["code"]["coding"][0]["display"] = "Bullous pemphigoid"
+    data, _ = referral_data_from_bundle(bundle, "b")
+    assert data["diagnoses"][0]["code"] == "L12.0"
+
+
+def test_condition_named_but_not_coded_maps_with_a_warning():
+    bundle = mini()
+    entry(bundle, "k1")["code"] = {"text": "Juvenile dermatomyositis"}
+    data, warnings = referral_data_from_bundle(bundle, "b")
+    assert data["diagnoses"][0]["code"] == "M33.00"
+    assert any("Condition/k1" in w and "by its name" in w for w in warnings)
+
+
+def test_rituximab_order_and_allergy_contraindication():
+    bundle = mini()
+    order = entry(bundle, "m1")
+    order["medicationCodeableConcept"] = {"text": "Truxima 10 MG/ML Injection"}
+    order["dosageInstruction"] = [{"text": "1000 mg IV, 2 doses every 2 weeks"}]
+    bundle["entry"].append({"resource": {
+        "resourceType": "AllergyIntolerance", "id": "a1", "patient": {"reference": "Patient/p1"}, "type": "intolerance",
+        "code": {"text": "Systemic corticosteroids"}, "recordedDate": "2025-05-01",
+        "reaction": [{"manifestation": [{"text": "Steroid psychosis"}]}]}, "fullUrl": "urn:uuid:a1a1a1a1-0000-4000-8000-000000000000",
+        "request": {"method": "POST", "url": "AllergyIntolerance"}})
+    data, _ = referral_data_from_bundle(bundle, "b")
+    assert data["request"] == {"therapy": "rituximab", "product": "Truxima", "request_type": "initial",
+                               "dose_mg": 1000.0, "doses": 2, "interval_weeks": 2.0}
+    assert data["contraindications"] == [{"drug_class": "systemic_corticosteroids",
+                                          "reason": "intolerance: Steroid psychosis", "documented_date": "2025-05-01"}]
+
+
+def test_searchset_with_relative_and_contained_references():
+    bundle = mini()
+    bundle["type"] = "searchset"
+    for e in bundle["entry"]:
+        e.pop("request")
+        r = e["resource"]
+        e["fullUrl"] = f"https://ehr.example.org/fhir/{r['resourceType']}/{r['id']}"
+        e["search"] = {"mode": "match" if r["resourceType"] == "Patient" else "include"}
+        for key in ("subject", "beneficiary"):
+            if key in r:
+                r[key] = {"reference": "https://ehr.example.org/fhir/Patient/p1"}
+    order = entry(bundle, "m1")
+    order.pop("medicationCodeableConcept")
+    order["contained"] = [{"resourceType": "Medication", "id": "med", "code": {"text": "Privigen 20 G/200 ML"}}]
+    order["medicationReference"] = {"reference": "#med"}
+    bundle["entry"].append({"resource": {"resourceType": "OperationOutcome", "id": "oo",
+                                         "issue": [{"severity": "information", "code": "informational"}]},
+                            "search": {"mode": "outcome"}})
+    data, _ = referral_data_from_bundle(bundle, "b")
+    assert data["request"]["product"] == "Privigen"
+    assert data["coverage"]["member_id"] == "M-1"
+
+
+# ------------------------------------------------------------------ the import-fhir command
+
+
+def test_import_writes_yaml_0600_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "ref.yaml"
+    run = CliRunner().invoke
+    first = run(cli, ["import-fhir", str(SAMPLES / "pv-bundle.json"), "-o", str(out)])
+    assert first.exit_code == 0, first.output
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    assert read_referral(out)[0].referral_id == "pv-fhir-0002"
+    again = run(cli, ["import-fhir", str(SAMPLES / "pv-bundle.json"), "-o", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    forced = run(cli, ["import-fhir", str(SAMPLES / "pv-bundle.json"), "-o", str(out), "--force",
+                       "--payer", "Medicare", "--member-id", "Z9"])
+    assert forced.exit_code == 0
+    referral = read_referral(out)[0]
+    assert (referral.coverage.payer, referral.coverage.member_id) == ("medicare", "Z9")
+
+
+def test_import_json_output_and_stdout(tmp_path):
+    out = tmp_path / "ref.json"
+    result = CliRunner().invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "-o", str(out)])
+    assert result.exit_code == 0
+    assert json.loads(out.read_text())["referral_id"] == "dm-fhir-0001"
+    printed = CliRunner(mix_stderr=False).invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--json"])
+    assert printed.exit_code == 0
+    assert json.loads(printed.stdout)["request"]["product"] == "Privigen"
+    both = CliRunner().invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--json", "-o", str(out)])
+    assert both.exit_code == 2
+
+
+def test_request_file_errors_are_exit_2(tmp_path):
+    bad = tmp_path / "req.yaml"
+    bad.write_text("requets: {therapy: ivig}\n")
+    result = CliRunner().invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--request", str(bad), "--json"])
+    assert result.exit_code == 2 and "requets" in result.output
+    bad.write_text("date: 2026-02-30\n")
+    result = CliRunner().invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--request", str(bad), "--json"])
+    assert result.exit_code == 2 and "date" in result.output and "Traceback" not in result.output
+
+
+def test_request_file_replaces_the_bundle_request(tmp_path):
+    req = tmp_path / "req.yaml"
+    req.write_text(yaml.safe_dump({"request": {"therapy": "ivig", "product": "Gamunex-C", "dose_g_per_kg": 1.0,
+                                               "days_per_cycle": 2, "interval_weeks": 4, "cycles": 3},
+                                   "clinical_course": "active", "date": "2026-11-25", "referral_id": "R-9"}))
+    result = CliRunner(mix_stderr=False).invoke(
+        cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--request", str(req), "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["request"]["product"], data["clinical_course"], data["date"], data["referral_id"]) == \
+        ("Gamunex-C", "active", "2026-11-25", "R-9")
+    assert data["prescriber"]["npi"] == "1234567893"  # still the requester of the bundle's order
+    assert "not used as the request" in result.stderr
+
+
+def test_fhir_library_is_imported_only_for_fhir_input():
+    code = ("import sys; from click.testing import CliRunner; from priorauth.cli import cli; "
+            "r = CliRunner().invoke(cli, ['check', sys.argv[1]]); "
+            "print(r.exit_code, any(m.startswith('fhir') for m in sys.modules))")
+    yaml_run = subprocess.run([sys.executable, "-c", code, str(SAMPLES / "dm-fhir-equivalent.yaml")],
+                              capture_output=True, text=True, env={**os.environ}, cwd=ROOT)
+    assert yaml_run.stdout.split() == ["0", "False"], yaml_run.stderr
+    fhir_run = subprocess.run([sys.executable, "-c", code, str(SAMPLES / "dm-bundle.json")],
+                              capture_output=True, text=True, cwd=ROOT)
+    assert fhir_run.stdout.split() == ["0", "True"], fhir_run.stderr
+
+
+def test_help_ends_with_an_example():
+    result = CliRunner().invoke(cli, ["import-fhir", "--help"])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and "priorauth import-fhir" in result.output.split("Example:")[1]
