@@ -152,3 +152,19 @@ def test_authorization_period_only_when_met(criteria):
                                               "reauthorization_due": "2027-04-15"}
     missing = decide(criteria, sample("pm-undated-steroid-trial.yaml"))
     assert missing.to_dict()["authorization"] is None
+
+
+def test_medicare_off_label_rituximab_requires_hbv_screening(criteria):
+    data = sample("dm-steroid-intolerance.yaml", coverage__payer="medicare",
+                  request={"therapy": "rituximab", "product": "Rituxan", "dose_mg": 1000, "doses": 2})
+    data["treatments"][1].update(end_date="2026-08-01", outcome="inadequate_response")  # methotrexate 17 weeks
+    det = decide(criteria, data)
+    assert det.policy.id == "medicare-rituximab-myositis"
+    assert det.determination == "missing_documentation"
+    assert det.missing == ["hepatitis B screening results (HBsAg and anti-HBc) from the last 12 months"]
+    data["assessments"].append({"measure": "anti_hbc", "value": 0, "date": "2026-10-01"})
+    assert decide(criteria, data).determination == "meets_criteria"
+    data["coverage"]["payer"] = "bluepeak-health"  # the baseline only warns
+    del data["assessments"][-1]
+    base = decide(criteria, data)
+    assert base.determination == "meets_criteria" and any("hepatitis B" in w for w in base.warnings)
