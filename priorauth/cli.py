@@ -60,13 +60,13 @@ def cli():
     """
 
 
-def read_referral(path: str):
+def read_referral(path: str, criteria_dir: Path | None = None):
     """(referral, import warnings) from a path, or standard input for `-`."""
     from .referral import read_referral as read
 
     if path == "-":
-        return read("<stdin>", sys.stdin.read())
-    return read(path)
+        return read("<stdin>", sys.stdin.read(), criteria_dir)
+    return read(path, None, criteria_dir)
 
 
 @cli.command()
@@ -87,7 +87,7 @@ def check(referral, as_json, criteria_dir):
     from .determination import determine
     from .report import explain
 
-    ref, warnings = read_referral(referral)
+    ref, warnings = read_referral(referral, criteria_dir)
     det = determine(ref, criteria_for(criteria_dir), warnings)
     if as_json:
         click.echo(json.dumps(det.to_dict(), indent=2, ensure_ascii=False))
@@ -189,6 +189,7 @@ def schema(what):
 
 from .commands_letter import letter; cli.add_command(letter)  # noqa: E402,E702
 from .commands_fhir import import_fhir; cli.add_command(import_fhir)  # noqa: E402,E702
+from .commands_batch import batch, samples; cli.add_command(batch); cli.add_command(samples)  # noqa: E402,E702
 
 
 def main():

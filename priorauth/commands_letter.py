@@ -93,7 +93,7 @@ def letter(referral, output, fmt, kind, force, draft, template, denial_file, den
     if output.exists() and not force:
         raise UserError(f"{output}: already exists (use --force to overwrite)")
     crit = criteria_for(criteria_dir)
-    ref, warnings = read_referral(referral)
+    ref, warnings = read_referral(referral, criteria_dir)
     request_type = ref.request.request_type
     if kind is None:
         kind = request_type
@@ -106,4 +106,6 @@ def letter(referral, output, fmt, kind, force, draft, template, denial_file, den
     data = render_letter(ref, det, fmt, kind=kind, draft=draft, template=template, denial=denial,
                          vocabulary=crit.vocabulary)
     write_letter(output, data, force=force)
+    for w in det.warnings:  # what `check` would warn about: for the clinic, not the letter
+        click.echo(f"warning: {w}", err=True)
     click.echo(f"{output}: {'draft ' if draft else ''}{kind} letter ({fmt}, {len(data):,} bytes) for {det.referral_id}")

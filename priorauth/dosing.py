@@ -90,7 +90,8 @@ def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: l
             return None
         units = math.ceil(req.dose_mg / product.unit.amount) if product and product.unit.of == "mg" else None
         return {"hcpcs": hcpcs, "product": brand, "dose_mg": req.dose_mg, "doses": req.doses,
-                "billing_units_per_dose": units}
+                "billing_units_per_dose": units,
+                "billing_unit": f"{product.unit.amount:g} {product.unit.of}" if product else None}
     weight = dosing_weight(referral.patient, bmi_threshold)
     if weight.kg is None or req.dose_g_per_kg is None:
         return None

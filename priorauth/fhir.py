@@ -258,7 +258,10 @@ def human_name(names: Any) -> tuple[str, str, str]:
     """(given, family, suffix) from the official (else first) HumanName."""
     names = [n for n in names or [] if isinstance(n, dict)]
     name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
-    return " ".join(name.get("given") or []), name.get("family") or "", ", ".join(name.get("suffix") or [])
+    def words(key: str) -> list[str]:  # FHIR JSON allows nulls in primitive arrays (paired with _given)
+        return [w for w in name.get(key) or [] if isinstance(w, str) and w.strip()]
+
+    return " ".join(words("given")), name.get("family") or "", ", ".join(words("suffix"))
 
 
 def first_match(matchers: Iterable[tuple[str, Matcher]], text: str) -> Optional[str]:
@@ -353,7 +356,7 @@ def _check_entries(data: dict, source: str) -> None:
             raise InputError(f"{source}: entry[{i}].resource: missing (every entry needs a resource)")
         try:
             get_fhir_model_class(str(resource.get("resourceType")))
-        except KeyError:
+        except (KeyError, ValueError):
             raise InputError(f"{source}: entry[{i}].resource.resourceType: "
                              f"{resource.get('resourceType')!r} is not a FHIR R4 resource type") from None
 
@@ -369,6 +372,8 @@ def _validate(data: dict, source: str) -> None:
         for err in exc.errors(include_url=False)[:20]:
             lines.append(f"  {_where(data, err['loc'])}: {err['msg'].removeprefix('Value error, ')}")
         raise InputError("\n".join(lines)) from None
+    except (KeyError, TypeError, ValueError) as exc:  # the library's own checks, outside pydantic's
+        raise InputError(f"{source}: not a valid FHIR R4 Bundle ({type(exc).__name__} in fhir.resources)") from None
 
 
 def _where(data: dict, loc: tuple) -> str:
@@ -377,7 +382,7 @@ def _where(data: dict, loc: tuple) -> str:
         resource = data["entry"][loc[1]].get("resource") or {}
         path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc[3:]).replace(".[", "[")
         return f"entry[{loc[1]}] {rid(resource)}: {path or '(resource)'}"
-    return ".".join(str(p) for p in loc) or "(bundle)"
+    return "Bundle." + ".".join(str(p) for p in loc) if loc else "Bundle"
 
 
 def index_bundle(data: dict, source: str) -> Bundle:
@@ -387,6 +392,9 @@ def index_bundle(data: dict, source: str) -> Bundle:
         resource = entry["resource"]
         if search_mode == "outcome" or resource.get("resourceType") == "OperationOutcome":
             continue  # a searchset's messages about the search, not patient data
+        if not resource.get("id") and entry.get("fullUrl"):
+            # Messages name resources by type/id; a transaction entry may have only a fullUrl.
+            resource = {**resource, "id": re.split(r"[:/]", entry["fullUrl"])[-1]}
         bundle.resources.append(resource)
         if entry.get("fullUrl"):
             bundle.index[entry["fullUrl"]] = resource
@@ -616,7 +624,9 @@ def _bundle_coverage(ctx: Context) -> Optional[dict]:
     if not candidates:
         return None
     candidates.sort(key=lambda c: c[:2])
-    chosen = candidates[0][2]
+    not_in_force, _, chosen = candidates[0]
+    if not_in_force:
+        ctx.notes.add(f"FHIR import: {rid(chosen)}: period does not cover the referral date; used all the same")
     for _, _, other in candidates[1:]:
         ctx.notes.skip(other, "another Coverage was chosen (in force on the referral date, lowest order)")
     ctx.bundle.used.add(id(chosen))
@@ -963,7 +973,7 @@ def _procedure_finding(ctx: Context, proc: dict, reported: set[int]) -> Optional
     if proc.get("status") != "completed":
         ctx.notes.skip(proc, f"status {proc.get('status')}: not completed")
         return None
-    outcome = " ".join(texts(proc.get("outcome")) + [n.get("text", "") for n in proc.get("note") or []]).strip()
+    outcome = " ".join(texts(proc.get("outcome")) + [n.get("text") or "" for n in proc.get("note") or []]).strip()
     day = first_date(proc.get("performedDateTime"), period_start(proc.get("performedPeriod")))
     ctx.bundle.used.add(id(proc))
     return _finding(kind, day, outcome, _judged(ctx, proc, outcome))
@@ -1049,7 +1059,11 @@ def _treatment(ctx: Context, r: dict) -> Optional[dict]:
     dose = _dose_text(med.dosages)
     if dose:
         out["dose"] = dose
-    out.update(_span(ctx, med, status))
+    try:
+        out.update(_span(ctx, med, status))
+    except _NoDates:
+        ctx.notes.skip(r, f"status {status} with no date at all: cannot tell when it was taken")
+        return None
     outcome = _outcome(ctx, med, out)
     if outcome:
         out["outcome"] = outcome
@@ -1061,7 +1075,7 @@ def _treatment(ctx: Context, r: dict) -> Optional[dict]:
 @functools.lru_cache(maxsize=8)
 def _name_pattern(names: tuple[str, ...]) -> re.Pattern:
     # Longest first so "mycophenolate mofetil" wins over its alias "mycophenolate".
-    alternatives = "|".join(re.escape(n).replace(r"\ ", r"\s+") for n in sorted(names, key=len, reverse=True))
+    alternatives = "|".join(r"\s+".join(re.escape(w) for w in n.split()) for n in sorted(names, key=len, reverse=True))
     return re.compile(rf"(?<![A-Za-z0-9])({alternatives})(?![A-Za-z0-9])", re.IGNORECASE)
 
 
@@ -1103,6 +1117,10 @@ def _dose_text(dosages: list[dict]) -> Optional[str]:
     return "; ".join(parts) or None
 
 
+class _NoDates(Exception):
+    """A stopped medication with no date: recording it would read as still taken."""
+
+
 PERIOD_WORDS = {"h": "hour", "d": "day", "wk": "week", "mo": "month", "a": "year"}
 
 
@@ -1128,10 +1146,13 @@ def _span(ctx: Context, med: Med, status: Optional[str]) -> dict:
         ctx.notes.add(f"FHIR import: {rid(r)}: status unknown and no end date: taken to be still taken")
     if end is None and status in ENDED:
         # The referral format cannot say "ended on an unknown day" (null means still taking
-        # it), so the only known day stands in: the trial counts as 0 weeks, never as ongoing.
-        end = med.start
-        ctx.notes.add(f"FHIR import: {rid(r)}: status {status} but no end date: end_date set to the start date; "
-                      "document when it was stopped")
+        # it), so a known earlier day stands in: the start (the trial counts as 0 weeks), or
+        # without one the day it was recorded as stopped (its length is then unknown).
+        end = med.start or first_date(r.get("dateAsserted"), r.get("authoredOn"))
+        if end is None:
+            raise _NoDates()
+        ctx.notes.add(f"FHIR import: {rid(r)}: status {status} but no end date: end_date set to the "
+                      f"{'start date' if med.start else 'date it was recorded'}; document when it was stopped")
     if med.start and end and end < med.start:
         ctx.notes.add(f"FHIR import: {rid(r)}: end date before start date: end date dropped")
         end = med.start if status in ENDED else None

@@ -298,11 +298,13 @@ def read_text(path: Path) -> str:
         raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
-def read_referral(path: str | Path, text: str | None = None) -> tuple[Referral, list[str]]:
+def read_referral(path: str | Path, text: str | None = None,
+                  criteria_dir: str | Path | None = None) -> tuple[Referral, list[str]]:
     """Read one referral (YAML, JSON, or a FHIR R4 Bundle) -> (referral, import warnings).
 
     `text` overrides reading `path` (stdin, JSON Lines). Import warnings name what a FHIR
-    bundle held that could not be mapped; YAML and JSON referrals have none.
+    bundle held that could not be mapped; YAML and JSON referrals have none. `criteria_dir`
+    is the criteria folder whose drug names and code maps a FHIR import uses.
     """
     source = str(path)
     if text is None:
@@ -314,7 +316,7 @@ def read_referral(path: str | Path, text: str | None = None) -> tuple[Referral, 
     if isinstance(data, dict) and "resourceType" in data:
         from .fhir import referral_data_from_bundle  # only FHIR inputs pay for this import
 
-        data, warnings = referral_data_from_bundle(data, source)
+        data, warnings = referral_data_from_bundle(data, source, criteria_dir=criteria_dir)
     return referral_from_data(data, source), warnings
 
 

@@ -127,6 +127,12 @@ def _finalize(value: Any) -> Any:
     return "" if value is None else value
 
 
+@functools.lru_cache(maxsize=8)
+def _builtin_env(fmt: str, loader_dir: Path):
+    """The environment of the built-in templates, kept so each template compiles once."""
+    return jinja_env(fmt, loader_dir)
+
+
 def jinja_env(fmt: str = "text", loader_dir: Optional[Path] = None):
     """A sandboxed, StrictUndefined Jinja environment escaping for `fmt` (html, md, docx, text)."""
     from jinja2 import FileSystemLoader, StrictUndefined
@@ -265,10 +271,22 @@ def _criterion(r, ancestors, policy) -> dict:
     }
 
 
+def _in_unmet_alternative(r, ancestors: tuple) -> bool:
+    """Is this node inside an alternative (child of any_of / at_least) that is not met as a whole?
+
+    A met leaf of an unmet pathway (a drug being taken, in a rapidly-progressive pathway whose
+    course is not rapidly progressive) proves nothing and is not shown as a criterion met.
+    """
+    chain = (*ancestors, r)
+    return any(not hasattr(parent.node, "all_of") and child.status != MET
+               for parent, child in zip(chain, chain[1:]))
+
+
 def _met_leaves(result, policy) -> list[dict]:
     if result is None:
         return []
-    return [_criterion(r, anc, policy) for r, anc in _walk(result) if r.status == MET and not r.children]
+    return [_criterion(r, anc, policy) for r, anc in _walk(result)
+            if r.status == MET and not r.children and not _in_unmet_alternative(r, anc)]
 
 
 def _therapy_vocabulary(vocabulary):
@@ -419,7 +437,8 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "is_rituximab": not ig,
         "product": d.get("product") or req.product,
         "hcpcs": d.get("hcpcs"),
-        "billing_unit": d.get("billing_unit") or ("10 mg" if not ig and d.get("hcpcs") else None),
+        # The determination's dosing names the unit for IVIG; for rituximab the wording file does.
+        "billing_unit": d.get("billing_unit") or (therapy.get("billing_unit") if d.get("hcpcs") else None),
         "request_type": req.request_type,
         "dose_g_per_kg": num(req.dose_g_per_kg),
         "dosing_weight_kg": num(d.get("dosing_weight_kg")),
@@ -453,9 +472,10 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "ready": det.determination == "meets_criteria",
         "determination": det.determination,
         "referral_id": ref.referral_id,
-        "missing": list(det.missing),
-        "reasons": det.reasons(),
+        "missing": [us_dates(m) for m in det.missing],
+        "reasons": [us_dates(r) for r in det.reasons()],
         "warnings": list(det.warnings),
+        "safety": [dict(s) for s in getattr(det, "safety", None) or []],
         "letter_date": long_date(ref.date),
         "letter_date_iso": ref.date.isoformat(),
         "patient": {
@@ -595,9 +615,7 @@ def chart_png(context: Mapping[str, Any]) -> Optional[bytes]:
     series = cont.get("series") or []
     if not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    # The Agg canvas directly, without pyplot: no global backend switch, no shared state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
@@ -624,11 +642,15 @@ def chart_png(context: Mapping[str, Any]) -> Optional[bytes]:
         ax.xaxis.set_major_locator(locator)
         ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
         ax.tick_params(labelsize=6.5)
+        ax.xaxis.get_offset_text().set_fontsize(6.5)
         ax.grid(True, linewidth=0.3, alpha=0.6)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         ax.margins(y=0.15)
-    fig.tight_layout(pad=0.6, h_pad=1.0, w_pad=1.2)
+    # Fixed margins in inches (tight_layout would draw the figure twice: +0.4 s a chart).
+    height = fig.get_figheight()
+    fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.3 / height, bottom=0.45 / height,
+                        hspace=0.75 / 1.3, wspace=0.22)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
     return buf.getvalue()
@@ -659,7 +681,7 @@ def _template_error(exc: BaseException, template: Path, custom: bool) -> PriorAu
 def _render_text(ctx: Mapping[str, Any], fmt: str, template: Path, custom: bool) -> bytes:
     from jinja2 import TemplateError
 
-    env = jinja_env(fmt, None if custom else template.parent)
+    env = jinja_env(fmt) if custom else _builtin_env(fmt, template.parent)
     data = dict(ctx)
     png = chart_png(ctx) if fmt == "html" else None
     if png:

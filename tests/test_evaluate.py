@@ -238,7 +238,7 @@ def test_rituximab_pemphigus_first_line(decide):
     assert det.determination == "meets_criteria"
     assert det.pathways_met == ["first_line_indication"]
     assert det.dosing == {"hcpcs": "J9312", "product": "Rituxan", "dose_mg": 1000, "doses": 2,
-                          "billing_units_per_dose": 100}
+                          "billing_units_per_dose": 100, "billing_unit": "10 mg"}
 
 
 def test_rituximab_dose_above_label(decide):

@@ -8,7 +8,6 @@ import os
 import stat
 import subprocess
 import sys
-from datetime import date
 from pathlib import Path
 
 import pytest
@@ -229,7 +228,7 @@ def mini() -> dict:
     ]
     full = [{"fullUrl": pid if r["resourceType"] == "Patient" else f"urn:uuid:{i:08d}-0000-4000-8000-000000000000",
              "resource": r, "request": {"method": "POST", "url": r["resourceType"]}} for i, r in enumerate(entries)]
-    return {"resourceType": "Bundle", "id": "mini 1/x", "type": "transaction", "timestamp": "2026-11-20T12:00:00Z",
+    return {"resourceType": "Bundle", "id": "mini-1", "type": "transaction", "timestamp": "2026-11-20T12:00:00Z",
             "entry": full}
 
 
@@ -245,7 +244,7 @@ def check_file(tmp_path: Path, payload: str | dict) -> object:
 
 def test_the_mini_bundle_is_valid_and_maps_its_conventions():
     data, warnings = referral_data_from_bundle(mini(), "mini")
-    assert data["referral_id"] == "mini-1-x"  # Bundle.id, sanitised
+    assert data["referral_id"] == "mini-1"  # Bundle.id
     assert data["coverage"] == {"payer": "medicare", "member_id": "M-1"}
     assert data["diagnoses"][0]["code"] == "M33.10"  # through criteria/fhir/snomed-icd10.yaml
     assert data["patient"]["weight_kg"] == 69.9  # 154 lb
@@ -308,7 +307,8 @@ def test_missing_request_and_coverage_are_listed_together(tmp_path):
     result, _ = check_file(tmp_path, bundle)
     assert result.exit_code == 2
     assert "the request is missing" in result.output and "no Coverage resource" in result.output
-    assert "prescriber" in result.output  # the only NPI-bearing practitioner requested nothing... but is unique
+    # The bundle's only Practitioner with a valid NPI stands in for the missing requester.
+    assert "prescriber:" not in result.output
     assert "Traceback" not in result.output
 
 
@@ -356,6 +356,23 @@ def test_active_without_end_is_ongoing_and_future_end_is_still_taking():
     data, _ = referral_data_from_bundle(with_statement("active", None, {"start": "2026-01-01", "end": "2027-06-01"}), "b")
     pred = by_drug(data, "prednisone")
     assert (pred["end_date"], pred["outcome"]) == (None, "ongoing")
+
+
+def test_stopped_without_an_end_date_never_reads_as_ongoing():
+    data, warnings = referral_data_from_bundle(with_statement("stopped", "ineffective", {"start": "2026-01-01"}), "b")
+    pred = by_drug(data, "prednisone")
+    assert pred["end_date"] == "2026-01-01" and pred["outcome"] == "inadequate_response"
+    assert any("MedicationStatement/s1" in w and "no end date" in w for w in warnings)
+    undated = with_statement("stopped", "adverse reaction", {})
+    statement = entry(undated, "s1")
+    statement.pop("effectivePeriod")
+    statement["dateAsserted"] = "2026-05-01"
+    data, _ = referral_data_from_bundle(undated, "b")
+    pred = by_drug(data, "prednisone")
+    assert ("start_date" not in pred, pred["end_date"], pred["outcome"]) == (True, "2026-05-01", "intolerance")
+    statement.pop("dateAsserted")
+    data, warnings = referral_data_from_bundle(undated, "b")
+    assert not data.get("treatments") and any("no date at all" in w for w in warnings)
 
 
 def test_active_with_flare_reason_keeps_the_flare():
@@ -412,6 +429,20 @@ def test_rituximab_order_and_allergy_contraindication():
                                           "reason": "intolerance: Steroid psychosis", "documented_date": "2025-05-01"}]
 
 
+def test_adverse_event_naming_a_drug_is_a_contraindication():
+    bundle = with_statement("stopped", "hepatotoxicity", {"start": "2025-01-01", "end": "2025-03-01"},
+                            text="Methotrexate 2.5 MG Oral Tablet")
+    bundle["entry"].append({"fullUrl": "urn:uuid:44444444-4444-4444-8444-444444444444", "request": {"method": "POST", "url": "AdverseEvent"},
+                            "resource": {"resourceType": "AdverseEvent", "actuality": "actual",
+                                         "subject": {"reference": "Patient/p1"}, "date": "2025-03-01",
+                                         "event": {"text": "Drug-induced hepatitis"},
+                                         "suspectEntity": [{"instance": {"reference": "urn:uuid:33333333-3333-4333-8333-333333333333"}}]}})
+    data, _ = referral_data_from_bundle(bundle, "b")
+    assert by_drug(data, "methotrexate")["outcome"] == "intolerance"
+    assert data["contraindications"] == [{"drug": "methotrexate", "reason": "adverse event: Drug-induced hepatitis",
+                                          "documented_date": "2025-03-01"}]
+
+
 def test_searchset_with_relative_and_contained_references():
     bundle = mini()
     bundle["type"] = "searchset"
@@ -459,11 +490,18 @@ def test_import_json_output_and_stdout(tmp_path):
     result = CliRunner().invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "-o", str(out)])
     assert result.exit_code == 0
     assert json.loads(out.read_text())["referral_id"] == "dm-fhir-0001"
-    printed = CliRunner(mix_stderr=False).invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--json"])
+    printed = CliRunner().invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--json"])
     assert printed.exit_code == 0
     assert json.loads(printed.stdout)["request"]["product"] == "Privigen"
     both = CliRunner().invoke(cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--json", "-o", str(out)])
     assert both.exit_code == 2
+
+
+def test_import_of_something_that_is_not_fhir_is_exit_2(tmp_path):
+    path = tmp_path / "referral.json"
+    path.write_text(json.dumps({"referral_id": "R-1"}))
+    result = CliRunner().invoke(cli, ["import-fhir", str(path), "--json"])
+    assert result.exit_code == 2 and str(path) in result.output and "not a FHIR resource" in result.output
 
 
 def test_request_file_errors_are_exit_2(tmp_path):
@@ -481,7 +519,7 @@ def test_request_file_replaces_the_bundle_request(tmp_path):
     req.write_text(yaml.safe_dump({"request": {"therapy": "ivig", "product": "Gamunex-C", "dose_g_per_kg": 1.0,
                                                "days_per_cycle": 2, "interval_weeks": 4, "cycles": 3},
                                    "clinical_course": "active", "date": "2026-11-25", "referral_id": "R-9"}))
-    result = CliRunner(mix_stderr=False).invoke(
+    result = CliRunner().invoke(
         cli, ["import-fhir", str(SAMPLES / "dm-bundle.json"), "--request", str(req), "--json"])
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)

@@ -1,0 +1,40 @@
+"""How long `priorauth check` takes against `python -c "import pydantic"`, same machine, same run.
+
+Runs each command N times, interleaved so load affects both alike, and prints the medians.
+Usage: .venv/bin/python bench/startup.py [N]
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "samples" / "dm-steroid-intolerance.yaml"
+COMMANDS = {
+    "python -c 'import pydantic'": [sys.executable, "-c", "import pydantic"],
+    "priorauth check (text)": [sys.executable, "-m", "priorauth", "check", str(SAMPLE)],
+    "priorauth check --json": [sys.executable, "-m", "priorauth", "check", str(SAMPLE), "--json"],
+}
+
+
+def main(n: int = 15) -> None:
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(n):
+        for name, cmd in COMMANDS.items():
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
+            times[name].append(time.perf_counter() - start)
+    base = statistics.median(times["python -c 'import pydantic'"])
+    print(f"| command | median of {n} (ms) | vs import pydantic |")
+    print("| --- | ---: | ---: |")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"| {name} | {med * 1000:.0f} | {med / base:.2f}x |")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 15)
