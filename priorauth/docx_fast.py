@@ -38,9 +38,39 @@ _TAG = re.compile(r"\{[{%#]")
 _LISTING = re.compile("[\t\n\a\f]")  # what DocxTemplate.resolve_listing rewrites inside <w:t>
 _BODY_MARK = b"<!--priorauth-docx-fast-body-->"
 _PARA = re.compile(r"<w:p([ >])")
-_PARA_NL = re.compile(r"\n<w:p([ >])")
 _CORE_PROPS = ("author", "comments", "identifier", "language", "subject", "title")  # as docxtpl.render_properties
 _FOOTNOTES = "application/vnd.openxmlformats-officedocument.wordprocessingml.footnotes+xml"
+
+
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+_XPATHS: dict[str, Any] = {}
+
+
+def _xpath(expr: str):
+    if expr not in _XPATHS:
+        from lxml import etree
+
+        _XPATHS[expr] = etree.XPath(expr, namespaces={
+            "w": _W, "wp": "http://schemas.openxmlformats.org/drawingml/2006/wordprocessingDrawing"})
+    return _XPATHS[expr]
+
+
+def _DOCPR(tree):
+    return _xpath("//wp:docPr")(tree)
+
+
+def _tables_need_fixing(tree) -> bool:
+    """Would DocxTemplate.fix_tables change anything? It adds grid columns when a row has more
+    cells than the grid, and removes them when no row spans the whole grid; both are decided
+    here in XPath (C), so the common case, nothing to fix, costs no Python loop over cells."""
+    for tbl in tree.iter(f"{{{_W}}}tbl"):
+        cols = _xpath("count(w:tblGrid/w:gridCol)")(tbl)
+        if _xpath(".//w:tr[count(w:tc) > $n]")(tbl, n=cols):
+            return True
+        spans = "count(w:tc) + sum(w:tc/w:tcPr/w:gridSpan/@w:val) - count(w:tc/w:tcPr/w:gridSpan)"
+        if not _xpath(f".//w:tr[{spans} >= $n]")(tbl, n=cols):
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -138,6 +168,7 @@ class FastDocx:
         # same bytes are: prefix + body without those declarations + suffix.
         from lxml import etree
 
+        self._parser = etree.XMLParser(recover=True)
         root = tpl.docx._element
         self._root_ns = dict(root.nsmap)
         body = root.body
@@ -201,20 +232,24 @@ class FastDocx:
     # -------------------------------------------------------------- per letter
 
     def _render_xml(self, template: Any, context: Mapping[str, Any]) -> str:
-        # DocxTemplate.render_xml_part after its from_string
-        xml = _PARA_NL.sub(r"<w:p\1", template.render(context))
-        xml = xml.replace("{_{", "{{").replace("}_}", "}}").replace("{_%", "{%").replace("%_}", "%}")
+        # DocxTemplate.render_xml_part after its from_string (re.sub(r"\n<w:p([ >])", r"<w:p\1") as replaces)
+        xml = template.render(context).replace("\n<w:p ", "<w:p ").replace("\n<w:p>", "<w:p>")
+        if "_" in xml:
+            xml = xml.replace("{_{", "{{").replace("}_}", "}}").replace("{_%", "{%").replace("%_}", "%}")
         # resolve_listing only rewrites tabs, newlines, \a and \f: without any it is the identity
         return self._tpl.resolve_listing(xml) if _LISTING.search(xml) else xml
 
     def document_xml(self, context: Mapping[str, Any]) -> bytes:
         """word/document.xml for this context, as docxtpl + python-docx would write it."""
-        from docx.oxml.ns import nsmap
         from lxml import etree
 
-        tree = self._tpl.fix_tables(self._render_xml(self._body, context))
-        for i, elt in enumerate(tree.xpath("//wp:docPr", namespaces=nsmap), start=1001):
-            elt.attrib["id"] = str(i)  # DocxTemplate.fix_docpr_ids, counting from 1000 each render
+        xml = self._render_xml(self._body, context)
+        tree = etree.fromstring(xml, parser=self._parser)  # the parser DocxTemplate.fix_tables uses
+        if _tables_need_fixing(tree):
+            tree = self._tpl.fix_tables(xml)
+        if "docPr" in xml:
+            for i, elt in enumerate(_DOCPR(tree), start=1001):
+                elt.attrib["id"] = str(i)  # DocxTemplate.fix_docpr_ids, counting from 1000 each render
         body = etree.tostring(tree, encoding="UTF-8")
         start = body.index(b">") + 1
         tag = body[:start]

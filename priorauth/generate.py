@@ -168,6 +168,9 @@ class _Builder:
                            "description": description, "onset_date": self.day(rng.randint(200, 900))}],
             "findings": [],
             "treatments": [],
+            # Renal function before IVIG (safety screening): most referrals have a recent one.
+            "assessments": [{"measure": "creatinine", "value": round(rng.uniform(0.6, 1.3), 2), "unit": "mg/dL",
+                             "date": self.day(rng.randint(2, 25))}] if rng.random() < 0.9 else [],
             "clinical_course": rng.choice(["active", "active", "stable"]),
             "request": self.ivig(),
         }
@@ -179,7 +182,11 @@ class _Builder:
                 "interval_weeks": interval, "cycles": rng.choice([3, 4, 6]),
                 "start_date": self.after(rng.randint(5, 21)), "site_of_care": rng.choice(SITES)}
 
-    def rituximab(self) -> dict:
+    def rituximab(self, ref: dict) -> dict:
+        # Hepatitis B screening before rituximab (boxed warning; a Medicare criterion)
+        when = self.day(self.rng.randint(5, 120))
+        ref["assessments"] += [{"measure": "hbsag", "value": 0, "unit": "negative", "date": when},
+                               {"measure": "anti_hbc", "value": 0, "unit": "negative", "date": when}]
         return {"therapy": "rituximab", "product": self.rng.choice(RITUXIMAB_PRODUCTS), "request_type": "initial",
                 "dose_mg": 1000, "doses": 2, "start_date": self.after(self.rng.randint(5, 21)),
                 "site_of_care": "infusion_center"}
@@ -276,7 +283,7 @@ def _s_rituximab_pv(b):
     ref = b.base(BLISTERING[0])
     b.confirm(ref, BLISTER_FINDINGS)
     ref["treatments"].append(b.trial("prednisone", "ongoing", 6, ended=False))
-    ref["request"] = b.rituximab()
+    ref["request"] = b.rituximab(ref)
     return ref
 
 
@@ -284,7 +291,7 @@ def _s_rituximab_myositis(b):
     ref = b.base(b.rng.choice(MYOSITIS))
     b.confirm(ref, MYOSITIS_FINDINGS)
     ref["treatments"].append(b.trial("methotrexate", "inadequate_response", b.rng.randint(13, 40), route="sc"))
-    ref["request"] = b.rituximab()
+    ref["request"] = b.rituximab(ref)
     return ref
 
 

@@ -1,0 +1,189 @@
+"""Batch throughput: naive letters vs `priorauth batch` (1 and 2 jobs) vs check-only JSON Lines.
+
+Everything runs in one go, on the same machine, the same template and the same seeded
+synthetic referrals (priorauth.generate):
+
+  (a) naive     for each referral: read, determine, letter_context, then DocxTemplate(template)
+                load + render + save of every letter, one process
+  (b) batch -j1 `priorauth batch IN -o OUT --jobs 1` (fresh output folder), wall clock
+  (c) batch -j2 the same with --jobs 2
+  (d) check     `priorauth batch referrals.jsonl -o OUT --no-letters`, --jobs 1 and --jobs 2
+
+Letters per second = letters written / seconds, over the same input mix (referrals that do
+not meet criteria cost time and write no letter, in every variant). (a) runs on the first
+--naive referrals only (it is slow); its rate is per letter, like the others. Each
+measurement is repeated --repeat times, interleaved, and the best is kept (the machine may
+be shared). Targets: (b) >= 20x (a); (c) >= 1.7x (b); (d) >= 2,000 referrals/s per core.
+
+Usage:  .venv/bin/python bench/bench.py [--n 2000] [--naive 150] [--jsonl 20000] [--repeat 3]
+        .venv/bin/python bench/bench.py --profile   # also: where the check path spends its time
+Writes the table to bench/RESULTS.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from priorauth.generate import write_samples  # noqa: E402
+
+
+def naive(inp: Path, out: Path, limit: int) -> dict:
+    """The obvious loop: one DocxTemplate load + render + save per letter."""
+    from docxtpl import DocxTemplate
+
+    from priorauth import determine, load_criteria
+    from priorauth.errors import InputError
+    from priorauth.referral import read_referral
+    from priorauth.render import jinja_env, letter_context, template_path
+
+    criteria = load_criteria()
+    template = template_path("docx")
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted(os.listdir(inp))[:limit]
+    letters = 0
+    start = time.perf_counter()
+    for name in names:
+        try:
+            ref, warnings = read_referral(inp / name)
+        except InputError:
+            continue
+        det = determine(ref, criteria, warnings)
+        if det.determination != "meets_criteria":
+            continue
+        ctx = letter_context(ref, det, kind=ref.request.request_type, vocabulary=criteria.vocabulary)
+        tpl = DocxTemplate(template)
+        tpl.render({**ctx, "chart": None}, jinja_env("docx"), autoescape=True)
+        tpl.save(out / f"{ref.referral_id}.docx")
+        letters += 1
+    return {"referrals": len(names), "letters": letters, "seconds": time.perf_counter() - start}
+
+
+def batch(args: list[str]) -> dict:
+    """Run `priorauth batch ... --json` in a fresh process; wall-clock seconds, startup included."""
+    cmd = [sys.executable, "-m", "priorauth", "batch", *args, "--json"]
+    start = time.perf_counter()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if r.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stderr}")
+    s = json.loads(r.stdout)
+    return {"referrals": s["records"], "letters": s["letters_written"], "seconds": seconds,
+            "in_run_seconds": s["elapsed_seconds"], "skipped": s["skipped"]}
+
+
+def profile_check(jsonl: Path, n: int = 3000) -> str:
+    """cProfile of the check path (parse + determine + to_dict + json) over the first n lines."""
+    import cProfile
+    import io
+    import pstats
+
+    from priorauth import determine, load_criteria
+    from priorauth.errors import InputError
+    from priorauth.referral import read_referral
+
+    criteria = load_criteria()
+    lines = jsonl.read_bytes().splitlines()[:n]
+
+    def run():
+        for line in lines:
+            try:
+                ref, w = read_referral("x", line.decode("utf-8"))
+            except (InputError, UnicodeDecodeError):
+                continue
+            json.dumps(determine(ref, criteria, w).to_dict(), ensure_ascii=False)
+
+    run()  # warm
+    prof = cProfile.Profile()
+    start = time.perf_counter()
+    prof.runcall(run)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(18)
+    plain = time.perf_counter()
+    run()
+    per = (time.perf_counter() - plain) / len(lines) * 1e6
+    return f"check path without profiler: {per:.0f} us per referral ({1e6 / per:,.0f}/s on one core)\n" + buf.getvalue()
+
+
+def best(runs: list[dict]) -> dict:
+    return min(runs, key=lambda r: r["seconds"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000, help="referrals for (b) and (c)")
+    ap.add_argument("--naive", type=int, default=150, help="referrals for (a), the slow baseline")
+    ap.add_argument("--jsonl", type=int, default=20000, help="referrals for (d)")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--profile", action="store_true", help="print a profile of the check path")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
+    a = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="priorauth-bench-"))
+    try:
+        inp, jl = work / "in", work / "jl"
+        write_samples(a.n, inp, seed=a.seed, invalid_share=0.02)
+        write_samples(a.jsonl, jl, seed=a.seed + 1, invalid_share=0.02, jsonl=True)
+        jsonl = jl / "referrals.jsonl"
+        runs: dict[str, list[dict]] = {k: [] for k in ("a", "b", "c", "d1", "d2")}
+        for i in range(a.repeat):
+            runs["a"].append(naive(inp, work / f"naive{i}", a.naive))
+            runs["b"].append(batch([str(inp), "-o", str(work / f"b{i}"), "--jobs", "1"]))
+            runs["c"].append(batch([str(inp), "-o", str(work / f"c{i}"), "--jobs", "2"]))
+            runs["d1"].append(batch([str(jsonl), "-o", str(work / f"d1{i}"), "--no-letters", "--jobs", "1"]))
+            runs["d2"].append(batch([str(jsonl), "-o", str(work / f"d2{i}"), "--no-letters", "--jobs", "2"]))
+            print(f"round {i + 1}/{a.repeat} done", file=sys.stderr)
+        A, B, C, D1, D2 = (best(runs[k]) for k in ("a", "b", "c", "d1", "d2"))
+        lps = {k: r["letters"] / r["seconds"] for k, r in (("a", A), ("b", B), ("c", C))}
+        d1, d2 = D1["referrals"] / D1["seconds"], D2["referrals"] / D2["seconds"]
+
+        def ok(cond: bool) -> str:
+            return "yes" if cond else "**no**"
+
+        rows = [
+            ("(a) naive: DocxTemplate load + render + save per letter, 1 process",
+             A, f"{lps['a']:,.1f} letters/s", "1.0x", ""),
+            ("(b) `priorauth batch --jobs 1`", B, f"{lps['b']:,.1f} letters/s", f"{lps['b'] / lps['a']:.1f}x (a)",
+             f">= 20x (a): {ok(lps['b'] >= 20 * lps['a'])}"),
+            ("(c) `priorauth batch --jobs 2`", C, f"{lps['c']:,.1f} letters/s", f"{lps['c'] / lps['b']:.2f}x (b)",
+             f">= 1.7x (b): {ok(lps['c'] >= 1.7 * lps['b'])}"),
+            ("(d) check only, JSON Lines, `--jobs 1`", D1, f"{d1:,.0f} referrals/s", f"{d1:,.0f}/s per core",
+             f">= 2,000/s per core: {ok(d1 >= 2000)}"),
+            ("(d) check only, JSON Lines, `--jobs 2`", D2, f"{d2:,.0f} referrals/s", f"{d2 / 2:,.0f}/s per core",
+             f">= 2,000/s per core: {ok(d2 / 2 >= 2000)}"),
+        ]
+        lines = [
+            f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
+            f"Python {platform.python_version()}; best of {a.repeat}, wall clock including process start-up; "
+            f"seeded synthetic referrals (2% invalid).",
+            "",
+            "| run | referrals | letters | seconds | throughput | ratio | target |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for label, r, rate, ratio, target in rows:
+            lines.append(f"| {label} | {r['referrals']:,} | {r['letters']:,} | {r['seconds']:.2f} | {rate} | {ratio} | {target} |")
+        lines += ["", f"Reproduce: `.venv/bin/python bench/bench.py --n {a.n} --naive {a.naive} --jsonl {a.jsonl} "
+                      f"--seed {a.seed} --repeat {a.repeat}`"]
+        table = "\n".join(lines)
+        print(table)
+        a.out.write_text("# Batch benchmark\n\n" + table + "\n", encoding="utf-8")
+        if a.profile:
+            print("\n" + profile_check(jsonl))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
