@@ -3,7 +3,7 @@
 Library use::
 
     from priorauth import load_referral, load_criteria, determine
-    det = determine(load_referral("samples/dm-refractory.yaml"), load_criteria())
+    det = determine(load_referral("samples/dm-steroid-intolerance.yaml"), load_criteria())
     print(det.determination, det.missing)
 """
 

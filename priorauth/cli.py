@@ -56,7 +56,7 @@ def cli():
 
     \b
     Example:
-        priorauth check samples/dm-refractory.yaml
+        priorauth check samples/dm-steroid-intolerance.yaml
     """
 
 
@@ -81,8 +81,8 @@ def check(referral, as_json, criteria_dir):
 
     \b
     Example:
-        priorauth check samples/dm-refractory.yaml
-        priorauth check samples/dm-refractory.yaml --json | jq .missing
+        priorauth check samples/dm-steroid-intolerance.yaml
+        priorauth check samples/dm-steroid-intolerance.yaml --json | jq .missing
     """
     from .determination import determine
     from .report import explain

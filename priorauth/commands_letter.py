@@ -72,10 +72,10 @@ def letter(referral, output, fmt, kind, force, draft, template, denial_file, den
 
     \b
     Example:
-        priorauth letter samples/dm-refractory.yaml -o letters/R-2026-0001.docx
-        priorauth letter samples/dm-refractory.yaml -o R-2026-0001.pdf
-        priorauth letter samples/pv-missing-biopsy.yaml -o draft.html --draft
-        priorauth letter samples/dm-refractory.yaml -o appeal.docx --kind appeal \\
+        priorauth letter samples/dm-steroid-intolerance.yaml -o letters/S-DM-001.docx
+        priorauth letter samples/dm-steroid-intolerance.yaml -o S-DM-001.pdf
+        priorauth letter samples/pm-undated-steroid-trial.yaml -o draft.html --draft
+        priorauth letter samples/dm-steroid-intolerance.yaml -o appeal.docx --kind appeal \\
             --denial-reason "steroid trial not documented" --denial-date 2026-12-01 --denial-reference PA-778812
     """
     from .determination import determine

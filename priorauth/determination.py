@@ -37,20 +37,18 @@ class Determination:
         """Every node of the policy tree, depth first, with its parent's id."""
         if self.result is None:
             return []
-        out = []
-        for r, parent in self.result.walk():
-            out.append({
-                "id": r.node.id,
-                "label": r.node.label,
-                "status": r.status,
-                "reason": r.reason,
-                "evidence": [e.to_dict() for e in r.evidence],
-                "parent": parent,
-                "pathway": r.node.pathway,
-                "source": r.node.source,
-                "verified": r.node.verified,
-            })
-        return out
+        verified = self.policy.verified_nodes
+        return [{
+            "id": r.node.id,
+            "label": r.node.label,
+            "status": r.status,
+            "reason": r.reason,
+            "evidence": [e.to_dict() for e in r.evidence],
+            "parent": parent,
+            "pathway": r.node.pathway,
+            "source": r.node.source,
+            "verified": id(r.node) in verified,
+        } for r, parent in self.result.walk()]
 
     def reasons(self) -> list[str]:
         """Why it is not eligible: the failed criteria that decided it, in words."""
@@ -81,11 +79,7 @@ class Determination:
                 "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat()}
 
     def policy_ref(self) -> Optional[dict]:
-        p = self.policy
-        if p is None:
-            return None
-        return {"id": p.id, "payer": p.payer, "version": p.version, "effective": p.effective.isoformat(),
-                "title": p.title, "sources": [s.citation for s in p.sources.values()]}
+        return dict(self.policy.reference) if self.policy else None
 
     def to_dict(self) -> dict[str, Any]:
         return {

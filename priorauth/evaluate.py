@@ -80,10 +80,15 @@ class Result:
     def id(self) -> str:
         return self.node.id
 
-    def walk(self, parent: Optional[str] = None):
-        yield self, parent
-        for child in self.children:
-            yield from child.walk(self.node.id)
+    def walk(self) -> list[tuple["Result", Optional[str]]]:
+        """Every result depth first, with its parent's id (a list: the output walks it twice)."""
+        out: list[tuple[Result, Optional[str]]] = []
+        stack: list[tuple[Result, Optional[str]]] = [(self, None)]
+        while stack:
+            r, parent = stack.pop()
+            out.append((r, parent))
+            stack.extend((c, r.node.id) for c in reversed(r.children))
+        return out
 
 
 def _leaf(node, status, reason, evidence=(), missing=()) -> Result:
@@ -122,6 +127,9 @@ def treatment_summary(t: Treatment, as_of: Date) -> str:
     return ", ".join(parts)
 
 
+NO_LIMITS = P.Dosing(id="dosing", label="dosing", type="dosing")
+
+
 @dataclass
 class Context:
     referral: Referral
@@ -138,8 +146,7 @@ class Context:
         if self._dosing is None:
             from .dosing import assess
 
-            limits = next((n for n in P.walk(self.policy.tree_for(self.referral.request.request_type))
-                           if isinstance(n, P.Dosing)), P.Dosing(id="dosing", label="dosing", type="dosing"))
+            limits = self.policy.dosing_node(self.referral.request.request_type) or NO_LIMITS
             self._dosing = assess(self.referral, self.criteria.products, limits, self.warnings)
         return self._dosing
 

@@ -360,6 +360,26 @@ class Policy(_Strict):
     def tree_for(self, request_type: str) -> Any:
         return self.continuation if request_type == "continuation" and self.continuation else self.criteria
 
+    @cached_property
+    def _dosing_nodes(self) -> dict[str, Any]:
+        return {kind: next((n for n in walk(self.tree_for(kind)) if isinstance(n, Dosing)), None)
+                for kind in ("initial", "continuation")}
+
+    def dosing_node(self, request_type: str) -> Optional["Dosing"]:
+        """The tree's dosing limits (looked up once per policy, not per referral)."""
+        return self._dosing_nodes[request_type]
+
+    @cached_property
+    def reference(self) -> dict[str, Any]:
+        """How a determination names the policy that decided it (spec section 3)."""
+        return {"id": self.id, "payer": self.payer, "version": self.version, "effective": self.effective.isoformat(),
+                "title": self.title, "sources": [s.citation for s in self.sources.values()]}
+
+    @cached_property
+    def verified_nodes(self) -> frozenset[int]:
+        """ids of the node objects whose rule is confirmed (see is_verified), worked out once."""
+        return frozenset(id(n) for n in self.nodes() if self.is_verified(n))
+
     def is_verified(self, node: Any) -> bool:
         """A rule is unconfirmed if marked so, or if it cites a source marked so."""
         source = self.sources.get(node.source) if node.source else None
@@ -522,6 +542,13 @@ class Criteria:
     def selectable(self) -> list[Policy]:
         return self.policies
 
+    @cached_property
+    def by_therapy(self) -> dict[str, list[Policy]]:
+        out: dict[str, list[Policy]] = {}
+        for p in self.policies:
+            out.setdefault(p.therapy, []).append(p)
+        return out
+
 
 def _load_model(model: type[BaseModel], path: Path) -> Any:
     try:
@@ -592,7 +619,7 @@ def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str
     The payer's own variant wins over the baseline; among versions, the newest one in
     effect on the referral date.
     """
-    in_force = [p for p in criteria.selectable() if p.therapy == therapy and p.effective <= on]
+    in_force = [p for p in criteria.by_therapy.get(therapy, ()) if p.effective <= on]
     for code in codes:
         covering = [p for p in in_force if p.covers(code)]
         if not covering:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from dateutil.parser import isoparse
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,7 +26,7 @@ from pydantic import (
 
 from .errors import InputError
 
-_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 
 def _iso_date(value: Any) -> Any:
@@ -37,10 +36,13 @@ def _iso_date(value: Any) -> Any:
         raise ValueError("expected a date (YYYY-MM-DD), not a date and time")
     if isinstance(value, Date) or value is None:
         return value
-    if not isinstance(value, str) or not _ISO_DATE.match(value.strip()):
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
         raise ValueError("expected a date as YYYY-MM-DD")
     try:
-        return isoparse(value.strip()).date()
+        # The regex has fixed the shape to YYYY-MM-DD, where the standard library's C parser
+        # agrees with dateutil's isoparse and costs a tenth of it (a batch parses ~10 dates a
+        # referral); dateutil stays for the looser dates of FHIR imports.
+        return Date.fromisoformat(value)
     except ValueError:
         raise ValueError("not a real calendar date (check day and month)") from None
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Optional
-
-from dateutil.relativedelta import relativedelta
 
 from . import policy as P
 from .dosing import bmi
@@ -33,6 +32,15 @@ def _texts(ref: Referral) -> list[tuple[str, int, str]]:
     return [(k, i, t.casefold()) for k, i, t in out if t]
 
 
+def age_years(birth: date, on: date) -> int:
+    """Completed years, as relativedelta(on, birth).years (a test holds them equal), without
+    building a relativedelta for every referral of a batch."""
+    day = birth.day
+    if (birth.month, day) == (2, 29) and not calendar.isleap(on.year):
+        day = 28  # relativedelta's rule: a leap-day birthday falls on 28 February
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, day))
+
+
 @dataclass
 class Facts:
     """What every rule looks at, worked out once per referral."""
@@ -51,7 +59,7 @@ def facts(ref: Referral, vocab: P.Vocabulary) -> Facts:
         generic = vocab.generic(t.drug)
         if generic and (t.end_date is None or t.end_date >= ref.date):
             current.append((i, generic, t.route, t.drug))
-    return Facts(ref, relativedelta(ref.date, p.birth_date).years,
+    return Facts(ref, age_years(p.birth_date, ref.date),
                  bmi(p.weight_kg, p.height_cm) if p.weight_kg and p.height_cm else None, _texts(ref), current)
 
 

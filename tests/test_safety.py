@@ -82,3 +82,16 @@ def test_a_policy_can_make_a_safety_rule_a_criterion(tmp_path):
     assert status_of(det, "hbv_screened") == "unknown"
     assert det.determination == "missing_documentation"
     assert det.missing == ["hepatitis B screening results (HBsAg and anti-HBc) from the last 12 months"]
+
+
+def test_age_matches_relativedelta_on_edge_days():
+    from datetime import date
+
+    from dateutil.relativedelta import relativedelta
+
+    from priorauth.safety import age_years
+
+    for birth, on in [(date(1960, 2, 29), date(2025, 2, 28)), (date(1960, 2, 29), date(2025, 3, 1)),
+                      (date(1944, 5, 30), date(2026, 5, 29)), (date(1944, 5, 30), date(2026, 5, 30)),
+                      (date(2000, 12, 31), date(2001, 1, 1))]:
+        assert age_years(birth, on) == relativedelta(on, birth).years
