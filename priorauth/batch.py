@@ -43,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import json
 import os
 import re
@@ -120,14 +119,14 @@ def redact(message: str, source: str) -> str:
         if text.startswith(prefix):
             text = text[len(prefix):]
             break
-    lines = []
+    out = ""
     for line in text.splitlines():
         line = _GOT.sub("", line.strip())
         line = _QUOTED_IS_NOT.sub("the value is not", line)
         line = _ISO_DATE.sub("", line)
         if line:
-            lines.append(line)
-    return "; ".join(lines)
+            out += (" " if not out or out.endswith(":") else "; ") + line
+    return out.strip()
 
 
 _ID_IN_TEXT = re.compile(r"""["']?referral_id["']?\s*:\s*["']?([A-Za-z0-9._-]{1,64})""")
@@ -328,10 +327,11 @@ class _Worker:
 _W: Optional[_Worker] = None
 
 
-def _init_worker(worker: Optional[_Worker], spec: Optional[tuple] = None) -> None:
+def _init_worker(worker: Optional[_Worker], spec: Optional[tuple] = None, parent: Optional[int] = None) -> None:
     """Pool initializer: inherit the parent's prepared state (fork) or build it from `spec` (spawn)."""
     global _W
-    _die_with_parent()
+    if parent is not None:
+        _die_with_parent(parent)
     if worker is None:
         from .policy import load_criteria
 
@@ -342,7 +342,14 @@ def _init_worker(worker: Optional[_Worker], spec: Optional[tuple] = None) -> Non
     _W.db = None
 
 
-def _die_with_parent() -> None:
+def _close_worker() -> None:
+    global _W
+    if _W is not None and _W.db is not None:
+        _W.db.close()
+    _W = None
+
+
+def _die_with_parent(parent: int) -> None:
     # A worker must not outlive a killed batch and write letters into the next run's folder.
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
@@ -350,6 +357,8 @@ def _die_with_parent() -> None:
             import signal
 
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _cached(w: _Worker, h: bytes) -> Optional[tuple]:
@@ -470,31 +479,36 @@ class Summary:
 
 
 class _State:
-    """The manifest (DIR/.state/state.sqlite), written by the parent only."""
+    """The manifest (DIR/.state/state.sqlite): written by the parent only, read by workers."""
 
-    def __init__(self, out: Path):
-        self.dir = ensure_dir(out / ".state")
-        os.chmod(self.dir, DIR_MODE)
-        self.path = self.dir / "state.sqlite"
+    def __init__(self, state_dir: Path):
+        self.path = state_dir / "state.sqlite"
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, FILE_MODE))  # 0600 before sqlite writes
         self.db = sqlite3.connect(self.path)
+        # WAL: workers read while the parent writes; NORMAL: a crash (even power loss) keeps
+        # the database consistent and at worst forgets the last commits, which are redone.
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
 
-    def meta(self, key: str) -> Optional[str]:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+    def begin_run(self, fingerprint: str) -> None:
+        db = self.db
+        row = db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
+        if row is None or row[0] != fingerprint:
+            # Criteria, templates, code or formats changed: every cached result is stale.
+            db.execute("DELETE FROM done")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('fingerprint', ?)", (fingerprint,))
+        db.execute("DELETE FROM run")
+        db.execute("DELETE FROM run_letters")
+        db.commit()
 
 
 def _lock(state_dir: Path):
     import fcntl
 
-    fh = open(state_dir / "lock", "a")
+    fd = os.open(state_dir / "lock", os.O_CREAT | os.O_WRONLY, FILE_MODE)
+    fh = os.fdopen(fd, "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -517,8 +531,12 @@ def _remove_temp_files(*dirs: Path) -> None:
 def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
               formats: Iterable[str] = ("docx",), force: bool = False, criteria_dir: Optional[Path] = None,
               chunksize: Optional[int] = None, progress: Optional[Callable[[int], None]] = None) -> Summary:
-    """Evaluate every referral in `input`; write letters, results.jsonl and worklist.csv to `out`."""
-    from .policy import DEFAULT_CRITERIA, load_criteria
+    """Evaluate every referral in `input`; write letters, results.jsonl and worklist.csv to `out`.
+
+    `progress(n)` is called as every n more records are done. InputError for a bad input,
+    output folder or format; PriorAuthError when a worker process dies (rerun to resume).
+    """
+    from .policy import load_criteria
 
     started = time.perf_counter()
     source = Source.open(input)
@@ -535,39 +553,48 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
         raise InputError(f"{out}: the output folder must not be the input folder")
     letters_dir = ensure_dir(out / "letters")
     criteria = load_criteria(criteria_dir)
-    state = _State(out)
-    lock = _lock(state.dir)
+    state_dir = ensure_dir(out / ".state")
+    os.chmod(state_dir, DIR_MODE)
+    lock = _lock(state_dir)
     try:
         _remove_temp_files(out, letters_dir)
-        fp = fingerprint(Path(criteria.root), formats)
-        db = state.db
-        if state.meta("fingerprint") != fp:
-            # Criteria, templates, code or formats changed: every cached result is stale.
-            db.execute("DELETE FROM done")
-            state.set_meta("fingerprint", fp)
-        db.execute("DELETE FROM run")
-        db.execute("DELETE FROM run_letters")
-        db.commit()
-
+        state = _State(state_dir)
+        try:
+            state.begin_run(fingerprint(Path(criteria.root), formats))
+        finally:
+            state.db.close()
+        # The criteria and the prepared template are loaded here, once: forked workers inherit them.
         worker = _Worker(out, state.path, formats, force, criteria,
                          LetterMaker(formats, criteria) if formats else None)
         summary = Summary(str(input), str(out), jobs=jobs)
-        accept = _Acceptor(state, out, summary)
         chunksize = chunksize or (16 if formats else 64)
-        tasks = source.tasks()
-        if jobs == 1:
-            _init_worker(worker)
-            for chunk in _chunks(tasks, chunksize):
-                for res in _process_chunk(chunk):
-                    accept(res)
-                if progress:
-                    progress(len(chunk))
-        else:
-            _run_pool(worker, tasks, jobs, chunksize, accept, progress)
-        accept.flush()
-        _finish(state, out, letters_dir)
+        # Workers are forked before the parent opens its database connection (sqlite
+        # connections must not cross a fork).
+        pool = _start_pool(worker, jobs) if jobs > 1 else None
+        try:
+            state = _State(state_dir)
+            accept = _Acceptor(state, out, summary)
+            try:
+                if pool is None:
+                    _init_worker(worker)
+                    try:
+                        for chunk in _chunks(source.tasks(), chunksize):
+                            for res in _process_chunk(chunk):
+                                accept(res)
+                            if progress:
+                                progress(len(chunk))
+                    finally:
+                        _close_worker()
+                else:
+                    _feed_pool(pool, source.tasks(), jobs, chunksize, accept, progress)
+                accept.flush()
+                _finish(state, out, letters_dir)
+            finally:
+                state.db.close()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
     finally:
-        state.db.close()
         lock.close()
     summary.elapsed_seconds = time.perf_counter() - started
     return summary
@@ -584,24 +611,32 @@ def _chunks(tasks: Iterator[tuple], size: int) -> Iterator[list[tuple]]:
         yield chunk
 
 
-def _run_pool(worker: _Worker, tasks: Iterator[tuple], jobs: int, chunksize: int, accept: "_Acceptor",
-              progress: Optional[Callable[[int], None]]) -> None:
-    """Chunks to a process pool, at most `4 * jobs` chunks in flight, results taken in input order."""
+def _start_pool(worker: _Worker, jobs: int):
+    """A process pool whose workers all exist on return (fork: they inherit `worker`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
     if "fork" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("fork")
-        init = (worker, None)  # the children inherit criteria and the prepared template
-    else:  # pragma: no cover - spawn platforms load them once in each child
+        init = (worker, None, os.getpid())
+    else:  # pragma: no cover - spawn platforms load criteria and template once in each child
         ctx = multiprocessing.get_context()
-        init = (None, (worker.out, worker.db_path, worker.formats, worker.force, worker.criteria.root))
+        init = (None, (worker.out, worker.db_path, worker.formats, worker.force, worker.criteria.root),
+                os.getpid())
+    pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=init)
+    pool.submit(int).result()  # with fork, the first submit starts every worker
+    return pool
+
+
+def _feed_pool(pool, tasks: Iterator[tuple], jobs: int, chunksize: int, accept: "_Acceptor",
+               progress: Optional[Callable[[int], None]]) -> None:
+    """Chunks to the pool, at most `4 * jobs` chunks in flight, results taken in input order."""
+    from concurrent.futures.process import BrokenProcessPool
+
     window: deque = deque()
-    ex = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=init)
     try:
         for chunk in _chunks(tasks, chunksize):
-            window.append(ex.submit(_process_chunk, chunk))
+            window.append(pool.submit(_process_chunk, chunk))
             while len(window) >= 4 * jobs:
                 _drain(window.popleft(), accept, progress)
         while window:
@@ -610,8 +645,6 @@ def _run_pool(worker: _Worker, tasks: Iterator[tuple], jobs: int, chunksize: int
         accept.flush()
         raise PriorAuthError("a worker process died (out of memory?); the outputs so far are kept: "
                              "run the same command again to resume") from None
-    finally:
-        ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _drain(future, accept: "_Acceptor", progress) -> None:
@@ -714,7 +747,9 @@ def _finish(state: _State, out: Path, letters_dir: Path) -> None:
                 rid, patient, payer, policy, det, pathways, missing,
                 "; ".join(json.loads(letters or "[]")), reauth, status, message or reasons, src)])
     # Letters no record of this run claims (input removed or changed, or orphaned by a crash).
-    known = {f".{fmt}" for fmt in _letter_formats()}
+    from .render import FORMATS
+
+    known = {f".{fmt}" for fmt in FORMATS}
     with os.scandir(letters_dir) as it:
         for e in it:
             if e.name.startswith(".") and e.name.endswith(".tmp"):
@@ -731,11 +766,3 @@ def _finish(state: _State, out: Path, letters_dir: Path) -> None:
     db.execute("DELETE FROM done WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL)")
     db.commit()
     _remove_temp_files(out)
-
-
-def _letter_formats() -> tuple[str, ...]:
-    try:
-        from .render import FORMATS
-    except ImportError:  # pragma: no cover
-        return ("docx", "pdf", "html", "md")
-    return FORMATS

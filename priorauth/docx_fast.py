@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 _TAG = re.compile(r"\{[{%#]")
-_LISTING = re.compile("[\t\n\a\f]")  # what DocxTemplate.resolve_listing rewrites inside <w:t>
 _BODY_MARK = b"<!--priorauth-docx-fast-body-->"
 _PARA = re.compile(r"<w:p([ >])")
 _CORE_PROPS = ("author", "comments", "identifier", "language", "subject", "title")  # as docxtpl.render_properties
@@ -221,6 +220,7 @@ class FastDocx:
         variable = {self._document_name} | {p.name for p in self._parts}
         if self._core is not None:
             variable.add(self._core_name)
+        self._memo: dict[tuple[str, bytes], _Entry] = {}
         self._layout: list[Any] = []  # _Entry for a static part, str (name) for a rendered one
         with zipfile.ZipFile(buf) as z:
             for info in z.infolist():
@@ -234,10 +234,11 @@ class FastDocx:
     def _render_xml(self, template: Any, context: Mapping[str, Any]) -> str:
         # DocxTemplate.render_xml_part after its from_string (re.sub(r"\n<w:p([ >])", r"<w:p\1") as replaces)
         xml = template.render(context).replace("\n<w:p ", "<w:p ").replace("\n<w:p>", "<w:p>")
-        if "_" in xml:
+        if "{_" in xml or "_}" in xml:
             xml = xml.replace("{_{", "{{").replace("}_}", "}}").replace("{_%", "{%").replace("%_}", "%}")
         # resolve_listing only rewrites tabs, newlines, \a and \f: without any it is the identity
-        return self._tpl.resolve_listing(xml) if _LISTING.search(xml) else xml
+        listing = "\n" in xml or "\t" in xml or "\a" in xml or "\f" in xml
+        return self._tpl.resolve_listing(xml) if listing else xml
 
     def document_xml(self, context: Mapping[str, Any]) -> bytes:
         """word/document.xml for this context, as docxtpl + python-docx would write it."""
@@ -278,5 +279,17 @@ class FastDocx:
                external_attr: int = 0o600 << 16) -> bytes:
         """The .docx for this context; every zip entry dated `date_time`."""
         rendered = self.parts(context)
-        entries = [e if isinstance(e, _Entry) else _entry(e, rendered[e]) for e in self._layout]
+        entries = [e if isinstance(e, _Entry) else _entry(e, rendered[e]) if e == self._document_name
+                   else self._deflated(e, rendered[e]) for e in self._layout]
         return write_zip(entries, date_time, external_attr)
+
+    def _deflated(self, name: str, data: bytes) -> _Entry:
+        # A small rendered part often comes out the same for many letters (a header that
+        # only shows a DRAFT banner, a practice name): deflate each distinct one once.
+        key = (name, data)
+        entry = self._memo.get(key)
+        if entry is None:
+            if len(self._memo) >= 64:
+                self._memo.pop(next(iter(self._memo)))
+            entry = self._memo[key] = _entry(name, data)
+        return entry

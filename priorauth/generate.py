@@ -15,9 +15,7 @@ Nothing here is real patient data; the names are invented.
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from datetime import date as Date, timedelta
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any, Callable, Iterator, Optional
 import yaml
 
 from .errors import InputError
-from .io import FILE_MODE, atomic_write, ensure_dir
+from .io import atomic_write, ensure_dir
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -480,23 +478,15 @@ def write_samples(n: int, out: Path | str, seed: int = 0, invalid_share: float =
     counts: dict[str, int] = {}
     samples = generate(n, seed, invalid_share, jsonl)
     if jsonl:
+        from .batch import atomic_stream
+
         target = out / "referrals.jsonl"
         if target.exists() and not force:
             raise InputError(f"{target}: already exists (use --force to overwrite)")
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=".referrals.jsonl.", suffix=".tmp")
-        try:
-            os.fchmod(fd, FILE_MODE)
-            with os.fdopen(fd, "wb") as fh:
-                for s in samples:
-                    fh.write(s.data + b"\n")
-                    counts[s.intent] = counts.get(s.intent, 0) + 1
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        with atomic_stream(target) as fh:
+            for s in samples:
+                fh.write(s.data + b"\n")
+                counts[s.intent] = counts.get(s.intent, 0) + 1
         return counts
     for s in samples:
         atomic_write(out / s.name, s.data, force=force)

@@ -292,10 +292,13 @@ def test_duplicate_referral_ids_are_reported_not_overwritten(tmp_path, criteria)
     kept = next(d for d in results(out) if d["referral_id"] == first.referral_id)
     ref, w = read_referral("x", first.data.decode())
     assert kept == json.loads(json.dumps(determine(ref, criteria, w).to_dict()))
-    # The letter is the first record's: its patient's name is in it, not the second's.
-    with zipfile.ZipFile(out / "letters" / f"{first.referral_id}.docx") as z:
-        doc = z.read("word/document.xml").decode("utf-8")
-    assert clash["patient"]["family_name"] not in doc or clash["patient"]["family_name"] == ref.patient.family_name
+    # The letter is the first record's, byte for byte, not the second's.
+    from priorauth.render import render_letter
+
+    letter = (out / "letters" / f"{first.referral_id}.docx").read_bytes()
+    assert letter == render_letter(ref, determine(ref, criteria, w), "docx", vocabulary=criteria.vocabulary)
+    ref2, w2 = read_referral("x", json.dumps(clash))
+    assert letter != render_letter(ref2, determine(ref2, criteria, w2), "docx", vocabulary=criteria.vocabulary)
     assert temp_files(out) == []
 
 
@@ -483,6 +486,19 @@ def test_cli_bad_input_or_options_exit_2_without_traceback(tmp_path, runner, arg
     assert "Traceback" not in r.output
 
 
+def test_progress_bar_counts_to_the_total():
+    from priorauth.commands_batch import _Bar
+
+    buf = io.StringIO()
+    bar = _Bar(10, buf)
+    for _ in range(5):
+        bar(2)
+    bar.close()
+    shown = buf.getvalue().split("\r")
+    assert any("10/10 100%" in s and "#" * 30 in s for s in shown)
+    assert shown[-1] == ""  # the line is cleared for the summary
+
+
 def test_batch_help_ends_with_an_example(runner):
     r = runner.invoke(cli, ["batch", "--help"])
     assert r.exit_code == 0
@@ -536,7 +552,7 @@ def test_fast_letters_are_the_letters_priorauth_letter_writes(tmp_path, criteria
     maker = LetterMaker(("docx",), criteria)
     files = [p for p in sorted(SAMPLES.glob("*.yaml"))]
     gen = tmp_path / "gen"
-    write_samples(60, gen, seed=44, invalid_share=0.0)
+    write_samples(30, gen, seed=44, invalid_share=0.0)
     files += sorted(gen.iterdir())
     compared = 0
     for path in files:
@@ -556,7 +572,7 @@ def test_fast_letters_are_the_letters_priorauth_letter_writes(tmp_path, criteria
             assert _text(fast) == _text(cli_bytes)
             assert set(_docx_parts(fast)) == set(_docx_parts(cli_bytes))
         compared += 1
-    assert compared >= 25
+    assert compared >= 15
 
 
 def test_fast_docx_renders_headers_core_properties_loops_and_tables_like_docxtpl(tmp_path):
