@@ -28,6 +28,7 @@ class Determination:
     dosing: Optional[dict]
     warnings: list[str] = field(default_factory=list)
     safety: list[dict] = field(default_factory=list)
+    flat: list = field(default_factory=list, repr=False)  # result.walk(), once
 
     @property
     def referral_id(self) -> str:
@@ -48,7 +49,7 @@ class Determination:
             "pathway": r.node.pathway,
             "source": r.node.source,
             "verified": id(r.node) in verified,
-        } for r, parent in self.result.walk()]
+        } for r, parent in self.flat]
 
     def reasons(self) -> list[str]:
         """Why it is not eligible: the failed criteria that decided it, in words."""
@@ -127,9 +128,10 @@ def _decide(referral: Referral, criteria: P.Criteria, warnings: list[str] | None
                              [f"no {referral.request.therapy} policy covers {', '.join(codes)}"] + ctx_warnings)
     ctx = make_context(referral, criteria, policy, warnings)
     result = evaluate_node(policy.tree_for(referral.request.request_type), ctx)
-    pathways = [r.node.id for r, _ in result.walk() if r.node.pathway and r.status == MET]
+    flat = result.walk()
+    pathways = [r.node.id for r, _ in flat if r.node.pathway and r.status == MET]
     return Determination(referral, policy, OUTCOMES[result.status], result, pathways,
-                         result.missing, ctx.dosing().dosing, _unique(warnings))
+                         result.missing, ctx.dosing().dosing, _unique(warnings), flat=flat)
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -538,6 +538,7 @@ class Criteria:
     products: ProductTable
     policies: list[Policy] = field(default_factory=list)
     safety: SafetyRules = field(default_factory=lambda: SafetyRules(rules={}))
+    selection_cache: dict = field(default_factory=dict, repr=False)
 
     def selectable(self) -> list[Policy]:
         return self.policies
@@ -619,12 +620,22 @@ def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str
     The payer's own variant wins over the baseline; among versions, the newest one in
     effect on the referral date.
     """
-    in_force = [p for p in criteria.by_therapy.get(therapy, ()) if p.effective <= on]
     for code in codes:
-        covering = [p for p in in_force if p.covers(code)]
-        if not covering:
-            continue
-        own = [p for p in covering if p.payer == payer] or [p for p in covering if p.payer == "baseline"]
-        if own:
-            return max(own, key=lambda p: p.effective)
+        for group in _candidates(criteria, therapy, code, payer):
+            for p in group:
+                if p.effective <= on:
+                    return p
     return None
+
+
+def _candidates(criteria: Criteria, therapy: str, code: str, payer: str) -> tuple[list[Policy], list[Policy]]:
+    """(payer's policies, baseline policies) covering the code, newest first; cached, since a
+    batch asks the same few questions hundreds of thousands of times."""
+    key = (therapy, code, payer)
+    hit = criteria.selection_cache.get(key)
+    if hit is None:
+        covering = sorted((p for p in criteria.by_therapy.get(therapy, ()) if p.covers(code)),
+                          key=lambda p: p.effective, reverse=True)
+        hit = ([p for p in covering if p.payer == payer], [p for p in covering if p.payer == "baseline"])
+        criteria.selection_cache[key] = hit
+    return hit

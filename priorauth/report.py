@@ -27,7 +27,7 @@ def explain(det: Determination, style=lambda text, **kw: text) -> str:
     if det.result is not None:
         out += ["", "Criteria:"]
         depth: dict[str, int] = {}
-        for r, parent in det.result.walk():
+        for r, parent in det.flat:
             d = depth[r.node.id] = depth.get(parent, -1) + 1 if parent else 0
             pad = "  " * (d + 1)
             mark = style(f"[{MARK[r.status]}]", fg=colour[r.status])
