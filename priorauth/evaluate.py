@@ -414,12 +414,17 @@ def _prior_course(node: P.PriorCourse, ctx: Context) -> Result:
     return _leaf(node, MET, f"{len(courses)} earlier course(s) of {label} documented", ev)
 
 
+def _undated_course(node, ctx: Context, label: str) -> Result:
+    """Improvement and taper are both measured from the first course's start."""
+    return _leaf(node, UNKNOWN, f"the start of the {label} course is not documented, so nothing can be measured from it",
+                 missing=[f"start date of the first {label} course"])
+
+
 def _improvement(node: P.Improvement, ctx: Context) -> Result:
     start = _first_start(ctx, node.drug_class)
     label = ctx.vocab.label(node.drug_class)
     if start is None:
-        return _leaf(node, UNKNOWN, f"the start of the {label} course is not documented, so no baseline can be set",
-                     missing=[f"start date of the first {label} course"])
+        return _undated_course(node, ctx, label)
     improved, worse, open_, ev = [], [], [], []
     for key, rule in node.measures.items():
         series = sorted(((a.date, i, a) for i, a in enumerate(ctx.referral.assessments)
@@ -437,8 +442,8 @@ def _improvement(node: P.Improvement, ctx: Context) -> Result:
         ok = change > 0 and (rule.min_change is None or change >= rule.min_change) \
             and (rule.min_change_percent is None or pct >= rule.min_change_percent)
         unit = f" {a0.unit}" if a0.unit else ""
-        summary = f"{rule.label} {a0.value:g}{unit} ({d0}) -> {a1.value:g}{unit} ({d1}): {pct:+.0f}% better" \
-            if change >= 0 else f"{rule.label} {a0.value:g}{unit} ({d0}) -> {a1.value:g}{unit} ({d1}): worse"
+        trend = f"{pct:+.0f}% better" if change >= 0 else "worse"
+        summary = f"{rule.label} {a0.value:g}{unit} ({d0}) -> {a1.value:g}{unit} ({d1}): {trend}"
         ev.append(Evidence("assessment", i1, summary))
         (improved if ok else worse).append(summary)
         if ok and not rule.verified:
@@ -461,8 +466,7 @@ def _taper_attempt(node: P.TaperAttempt, ctx: Context) -> Result:
     start = _first_start(ctx, node.drug_class)
     label = ctx.vocab.label(node.drug_class)
     if start is None:
-        return _leaf(node, UNKNOWN, f"the start of the {label} course is not documented",
-                     missing=[f"start date of the first {label} course"])
+        return _undated_course(node, ctx, label)
     due = start + relativedelta(months=node.after_months)
     if due > ctx.as_of:
         return _leaf(node, MET, f"not yet required: {label} began {start}; a taper attempt is expected from {due}")
