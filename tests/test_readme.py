@@ -23,6 +23,6 @@ def test_annotated_referral_example_is_a_valid_referral():
 def test_readme_starts_with_the_two_commands_and_ci_runs_the_second():
     first_block = re.search(r"```sh\n(.*?)```", README, re.S).group(1).strip().splitlines()
     assert len(first_block) == 2
-    assert "samples/" in first_block[0] and "pip install" in first_block[0]
+    assert re.search(r"priorauth (batch|check) \"?samples", first_block[0]) and "pip install" in first_block[0]
     ci = (ROOT / ".ci/run").read_text()
     assert first_block[1] in ci
