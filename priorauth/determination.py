@@ -10,7 +10,7 @@ from dateutil.relativedelta import relativedelta
 
 from . import policy as P
 from .dosing import compute as compute_dosing
-from .evaluate import MET, NOT_MET, UNKNOWN, Result, evaluate_node, make_context
+from .evaluate import MET, NOT_MET, NO_LIMITS, UNKNOWN, Result, evaluate_node, make_context, resolve_treatments
 from .referral import Referral
 from .safety import screen_all
 
@@ -118,14 +118,11 @@ def _decide(referral: Referral, criteria: P.Criteria, warnings: list[str] | None
     policy = P.select_policy(criteria, referral.request.therapy, codes, referral.coverage.payer, referral.date)
     warnings = list(warnings or [])
     if policy is None:
-        ctx_warnings = warnings
-        for i, t in enumerate(referral.treatments):
-            if criteria.vocabulary.generic(t.drug) is None:
-                ctx_warnings.append(f"unknown drug name {t.drug!r} (treatments[{i}]): not counted")
-        dosing = compute_dosing(referral, criteria.products, 30, ctx_warnings)
-        return Determination(referral, None, "not_eligible", None, [],
-                             [], dosing,
-                             [f"no {referral.request.therapy} policy covers {', '.join(codes)}"] + ctx_warnings)
+        # Nothing to evaluate (reasons() says why), but the chart's unknown drug names and
+        # the dose are still worth showing.
+        resolve_treatments(referral, criteria.vocabulary, warnings)
+        dosing = compute_dosing(referral, criteria.products, NO_LIMITS.adjusted_weight_bmi, warnings)
+        return Determination(referral, None, "not_eligible", None, [], [], dosing, warnings)
     ctx = make_context(referral, criteria, policy, warnings)
     result = evaluate_node(policy.tree_for(referral.request.request_type), ctx)
     flat = result.walk()

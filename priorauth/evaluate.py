@@ -170,14 +170,19 @@ class Context:
         return Evidence("treatment", i, treatment_summary(t, self.as_of))
 
 
-def make_context(referral: Referral, criteria: P.Criteria, policy: P.Policy, warnings: list[str]) -> Context:
+def resolve_treatments(referral: Referral, vocab: P.Vocabulary, warnings: list[str]) -> list:
+    """(index, treatment, generic name or None) for each treatment; unknown names are warned about."""
     resolved = []
     for i, t in enumerate(referral.treatments):
-        generic = criteria.vocabulary.generic(t.drug)
+        generic = vocab.generic(t.drug)
         if generic is None:
             warnings.append(f"unknown drug name {t.drug!r} (treatments[{i}]): not counted")
         resolved.append((i, t, generic))
-    return Context(referral, criteria, policy, warnings, resolved)
+    return resolved
+
+
+def make_context(referral: Referral, criteria: P.Criteria, policy: P.Policy, warnings: list[str]) -> Context:
+    return Context(referral, criteria, policy, warnings, resolve_treatments(referral, criteria.vocabulary, warnings))
 
 
 # ------------------------------------------------------------------ leaves
