@@ -22,12 +22,12 @@ def lint_criteria(root: Path | None = None) -> tuple[list[str], int]:
     root = Path(root) if root else P.DEFAULT_CRITERIA
     problems: list[str] = []
     try:
-        vocab = P._load_model(P.Vocabulary, root / "drugs.yaml")
+        vocab = P.load_model(P.Vocabulary, root / "drugs.yaml")
         problems += _vocabulary(vocab, root / "drugs.yaml")
     except CriteriaError as exc:
         return [str(exc)], 0
     try:
-        P._load_model(P.ProductTable, root / "products.yaml")
+        P.load_model(P.ProductTable, root / "products.yaml")
     except CriteriaError as exc:
         problems.append(str(exc))
     try:
@@ -45,7 +45,7 @@ def lint_criteria(root: Path | None = None) -> tuple[list[str], int]:
     safety = P.SafetyRules(rules={})
     if (root / "safety.yaml").exists():
         try:
-            safety = P._load_model(P.SafetyRules, root / "safety.yaml")
+            safety = P.load_model(P.SafetyRules, root / "safety.yaml")
         except CriteriaError as exc:
             problems.append(str(exc))
     for rid, rule in safety.rules.items():

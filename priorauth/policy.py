@@ -540,9 +540,6 @@ class Criteria:
     safety: SafetyRules = field(default_factory=lambda: SafetyRules(rules={}))
     selection_cache: dict = field(default_factory=dict, repr=False)
 
-    def selectable(self) -> list[Policy]:
-        return self.policies
-
     @cached_property
     def by_therapy(self) -> dict[str, list[Policy]]:
         out: dict[str, list[Policy]] = {}
@@ -551,7 +548,7 @@ class Criteria:
         return out
 
 
-def _load_model(model: type[BaseModel], path: Path) -> Any:
+def load_model(model: type[BaseModel], path: Path) -> Any:
     try:
         return model.model_validate(read_yaml(path))
     except ValidationError as exc:
@@ -604,13 +601,13 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     root = Path(root) if root else DEFAULT_CRITERIA
     if not root.is_dir():
         raise CriteriaError(f"{root}: criteria folder not found")
-    vocabulary = _load_model(Vocabulary, root / "drugs.yaml")
-    products = _load_model(ProductTable, root / "products.yaml")
+    vocabulary = load_model(Vocabulary, root / "drugs.yaml")
+    products = load_model(ProductTable, root / "products.yaml")
     raw = load_raw_policies(root)
     # Abstract policies are patterns: only what extends them is complete enough to validate.
     policies = [build_policy(key, raw) for key, (_, data) in raw.items() if not data.get("abstract")]
     safety_file = root / "safety.yaml"
-    safety = _load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
+    safety = load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
     return Criteria(root, vocabulary, products, policies, safety)
 
 
