@@ -29,7 +29,9 @@ DEFAULT_CRITERIA = Path(__file__).resolve().parent.parent / "criteria"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: only the models validated at the top (Policy, Vocabulary, ...) build a
+    # validator, once, when criteria load; the node models inside them never need their own.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 # ------------------------------------------------------------------ vocabulary

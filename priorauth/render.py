@@ -19,7 +19,7 @@ import io
 import math
 import re
 import zipfile
-from collections import OrderedDict
+from collections import ChainMap, OrderedDict
 from datetime import date as Date
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -158,7 +158,11 @@ def _text_env():
 
 @functools.lru_cache(maxsize=1024)
 def _snippet(source: str):
+    """A wording snippet, compiled once per process (keyed by its text)."""
     return _text_env().from_string(source)
+
+
+_SPACES = re.compile(r"\s+")
 
 
 def _say(source: Any, ctx: Mapping[str, Any], **extra: Any) -> str:
@@ -170,11 +174,21 @@ def _say(source: Any, ctx: Mapping[str, Any], **extra: Any) -> str:
         return source
     from jinja2 import TemplateError
 
+    tpl = _snippet(source)
+    env = tpl.environment
+    # What Template.render does, minus its copies of the context (the arguments, then
+    # dict(), then again with Jinja's globals merged in): a letter renders ~50 snippets over
+    # one context, so each sees it through a ChainMap instead, looked up in the same order
+    # (extra, context, globals). A template never writes into this parent mapping.
+    scope = ChainMap(extra, ctx, env.globals) if extra else ChainMap(ctx, env.globals)
     try:
-        text = _snippet(source).render({**ctx, **extra})
+        try:
+            text = env.concat(tpl.root_render_func(tpl.new_context(scope, shared=True)))
+        except Exception:
+            env.handle_exception()  # as Template.render: re-raises with the template's traceback
     except TemplateError as exc:
         raise PriorAuthError(f"{WORDING}: cannot render the wording {source[:60]!r}...: {exc}") from None
-    return re.sub(r"\s+", " ", text).strip()
+    return _SPACES.sub(" ", text).strip()
 
 
 def _rows(spec: list, ctx: Mapping[str, Any]) -> list[dict]:
