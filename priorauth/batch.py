@@ -24,18 +24,23 @@ Nothing is lost, nothing is half-written:
   parent (so a duplicate can never overwrite the first record's letter); before each
   manifest commit the file system is synced once (syncfs), so the manifest never names a
   letter that a crash could lose, without paying an fsync per letter.
-* results.jsonl and worklist.csv are rebuilt from the manifest at the end of every run and
-  replaced atomically; a run killed at any moment (SIGKILL included) leaves the previous
-  complete set or temporary files that the next run removes, and the next run ends with
-  exactly one complete set. Letters of records no longer in the input are removed.
+* results.jsonl and worklist.csv are rewritten by every run, from this run's results and
+  the manifest's cached ones, as the records are taken in input order: into temporary
+  files (the worklist into one per group of WORKLIST_ORDER, then joined) that replace the
+  previous outputs atomically at the end. A run killed at any moment (SIGKILL included)
+  leaves the previous complete set and temporary files that the next run removes, and
+  the next run ends with exactly one complete set. Letters of records no longer in the
+  input are removed.
 
 Why sqlite rather than a JSON file per referral: one file, transactional (a crash never
-leaves a half-written manifest), indexed look-ups by hash and referral_id for duplicate
-detection, and ORDER BY with bounded memory for sorting the worklist of a million records.
+leaves a half-written manifest), and indexed look-ups by hash and referral_id for the
+cache and duplicate detection with bounded memory, for a million records too.
 
 Work is spread over processes (fork: the criteria and the prepared letter template are
 loaded once, before the workers start) in chunks, with a bounded window of chunks in
-flight, so memory does not grow with the size of the input.
+flight, so memory does not grow with the size of the input. A chunk is the unit of
+bookkeeping too: one cache look-up per chunk in the worker, one claim query and a few
+executemany() per chunk in the parent, no per-record round trips.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -57,9 +63,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .errors import InputError, PriorAuthError
-from .io import DIR_MODE, FILE_MODE, ensure_dir
+from .io import DIR_MODE, FILE_MODE, atomic_stream, ensure_dir
 
-STATE_VERSION = "1"
+STATE_VERSION = "2"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 REFERRAL_SUFFIXES = (".yaml", ".yml", ".json")
 STATUSES = ("done", "invalid", "error")
@@ -74,18 +80,18 @@ WORKLIST_COLUMNS = ["referral", "patient", "payer", "policy", "determination", "
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
--- One row per distinct input content ever evaluated (the cache): what it yields.
+-- One row per distinct input content ever evaluated (the cache): what it yields. row is the
+-- worklist's JSON [patient, payer, policy, pathways, missing, reauthorization, reasons];
+-- result the determination's JSON line (UTF-8 bytes); letters a JSON list of paths.
 CREATE TABLE IF NOT EXISTS done (
     hash BLOB PRIMARY KEY, referral_id TEXT, status TEXT NOT NULL, determination TEXT,
-    row TEXT, result TEXT, message TEXT, letters TEXT);
+    row TEXT, result BLOB, message TEXT, letters TEXT);
 -- Letters this batch wrote: which content made each, and its stat signature when written.
 CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, hash BLOB NOT NULL, sig TEXT NOT NULL);
 -- The current run: one row per input record, in input order; rebuilt by every run.
 CREATE TABLE IF NOT EXISTS run (
-    seq INTEGER PRIMARY KEY, source TEXT NOT NULL, hash BLOB, referral_id TEXT, status TEXT NOT NULL,
-    message TEXT, rank INTEGER NOT NULL, claimed INTEGER NOT NULL DEFAULT 0, letters TEXT);
-CREATE INDEX IF NOT EXISTS run_referral ON run (referral_id, claimed);
-CREATE INDEX IF NOT EXISTS run_rank ON run (rank, seq);
+    seq INTEGER PRIMARY KEY, source TEXT NOT NULL, hash BLOB, referral_id TEXT, claimed INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS run_claimed ON run (referral_id) WHERE claimed = 1;
 CREATE TABLE IF NOT EXISTS run_letters (path TEXT PRIMARY KEY);
 """
 
@@ -94,6 +100,9 @@ CREATE TABLE IF NOT EXISTS run_letters (path TEXT PRIMARY KEY);
 
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_FIRST = frozenset(_FORMULA_START)  # all single characters: text[:1] in it == startswith
+# json.dumps(obj, ensure_ascii=False) builds an encoder per call; one does for every record
+_to_json = json.JSONEncoder(ensure_ascii=False).encode
 
 
 def csv_safe(value: Any) -> str:
@@ -159,23 +168,6 @@ def _syncfs(path: Path) -> None:
     except (OSError, AttributeError):
         pass
     os.sync()
-
-
-@contextlib.contextmanager
-def atomic_stream(path: Path, mode: str = "wb", **kwargs):
-    """Like io.atomic_write, but streamed: yields a file; on success it replaces `path` (0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, mode, **kwargs) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------ input
@@ -263,14 +255,6 @@ def fingerprint(criteria_root: Path, formats: tuple[str, ...]) -> str:
 # ------------------------------------------------------------------ letters
 
 
-def _zip_date(iso: Optional[str]) -> tuple:
-    # render.normalize_zip dates every entry on the letter's date (never the clock)
-    if not iso:
-        return (1980, 1, 1, 0, 0, 0)
-    y, m, d = (int(x) for x in iso.split("-"))
-    return (max(y, 1980), m, d, 0, 0, 0)
-
-
 class LetterMaker:
     """Letters for one batch: the DOCX template prepared once (docx_fast), other formats via render."""
 
@@ -294,10 +278,10 @@ class LetterMaker:
         out: dict[str, bytes] = {}
         docx = None
         if self.fast is not None:
-            if (ctx.get("continuation") or {}).get("series"):
+            if r.has_chart(ctx):
                 docx = r.render_context(ctx, "docx")  # a trend chart: an image part, docxtpl's job
             else:
-                docx = self.fast.render({**ctx, "chart": None}, _zip_date(ctx.get("letter_date_iso")))
+                docx = self.fast.render(r.docx_data(ctx), r.zip_date(ctx.get("letter_date_iso")))
         for fmt in self.formats:
             if fmt == "docx":
                 out[fmt] = docx
@@ -318,7 +302,7 @@ class _Worker:
     out: Path
     db_path: Path
     formats: tuple[str, ...]
-    force: bool
+    lookup: bool  # consult the cache (not forced, and the manifest had results when the run began)
     criteria: Any
     letters: Optional[LetterMaker]
     db: Optional[sqlite3.Connection] = None
@@ -335,9 +319,9 @@ def _init_worker(worker: Optional[_Worker], spec: Optional[tuple] = None, parent
     if worker is None:
         from .policy import load_criteria
 
-        out, db_path, formats, force, root = spec
+        out, db_path, formats, lookup, root = spec
         crit = load_criteria(root)
-        worker = _Worker(out, db_path, formats, force, crit, LetterMaker(formats, crit) if formats else None)
+        worker = _Worker(out, db_path, formats, lookup, crit, LetterMaker(formats, crit) if formats else None)
     _W = worker
     _W.db = None
 
@@ -361,47 +345,56 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _cached(w: _Worker, h: bytes) -> Optional[tuple]:
-    """(referral_id, status, determination) when this content is done and its letters intact."""
+def _cached(w: _Worker, hashes: list[bytes]) -> dict[bytes, tuple]:
+    """hash -> (referral_id, status, determination, row, result, message, letters) for the
+    contents already done whose letters are intact on disk: one query for a whole chunk."""
     if w.db is None:
         w.db = sqlite3.connect(f"file:{w.db_path}?mode=ro", uri=True, check_same_thread=False)
-    row = w.db.execute("SELECT referral_id, status, determination, letters FROM done WHERE hash=?", (h,)).fetchone()
-    if row is None:
-        return None
-    for rel in json.loads(row[3] or "[]"):
-        f = w.db.execute("SELECT hash, sig FROM files WHERE path=?", (rel,)).fetchone()
-        try:
-            st = os.stat(w.out / rel)
-        except OSError:
-            return None
-        if f is None or f[0] != h or f[1] != _sig(st):
-            return None
-    return row[:3]
+    found = w.db.execute(f"SELECT hash, referral_id, status, determination, row, result, message, letters "
+                         f"FROM done WHERE hash IN ({','.join('?' * len(hashes))})", hashes).fetchall()
+    hits = {}
+    for h, rid, status, det, row, result, message, letters in found:
+        rels = json.loads(letters or "[]")
+        for rel in rels:
+            f = w.db.execute("SELECT hash, sig FROM files WHERE path=?", (rel,)).fetchone()
+            try:
+                st = os.stat(w.out / rel)
+            except OSError:
+                break
+            if f is None or f[0] != h or f[1] != _sig(st):
+                break
+        else:
+            hits[h] = (rid, status, det, json.loads(row) if row else None, result, message, rels)
+    return hits
 
 
-def _process(task: tuple) -> tuple:
-    """One record -> (seq, source, kind, hash, referral_id, status, determination, row, result,
-    message, letters). kind: fresh (evaluated now), cached (skipped), error."""
+# A result, the parent's input: (seq, source, kind, hash, referral_id, status, determination,
+# row, result, message, letters). kind: fresh (evaluated now), cached (skipped), error. row:
+# the worklist fields (list) or None; result: the determination's JSON line (bytes) or None;
+# letters: fresh, [(path, temporary file)] to rename; cached, [path].
+
+
+def _read(task: tuple) -> tuple[Optional[bytes], Optional[tuple]]:
+    """A task's bytes, or the invalid result when its file cannot be read."""
+    seq, source, path, data = task
+    if data is not None:
+        return data, None
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(), None
+    except OSError as exc:
+        return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                      f"cannot read: {exc.strerror}", None)
+
+
+def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
+    """One record's bytes -> its result (see above)."""
     from .determination import determine
     from .referral import read_referral
 
     w = _W
-    seq, source, path, data = task
-    h = None
     tmp_letters: list[tuple[str, str]] = []
     try:
-        if data is None:
-            try:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-            except OSError as exc:
-                return (seq, source, "fresh", None, None, "invalid", None, None, None,
-                        f"cannot read: {exc.strerror}", None)
-        h = hashlib.blake2b(data, digest_size=16).digest()
-        if not w.force:
-            hit = _cached(w, h)
-            if hit is not None:
-                return (seq, source, "cached", h, hit[0], hit[1], hit[2], None, None, None, None)
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -431,8 +424,8 @@ def _process(task: tuple) -> tuple:
                 os.fchmod(fd, FILE_MODE)
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(blob)
-        return (seq, source, "fresh", h, referral.referral_id, "done", det.determination,
-                json.dumps(row, ensure_ascii=False), json.dumps(d, ensure_ascii=False), None, tmp_letters)
+        return (seq, source, "fresh", h, referral.referral_id, "done", det.determination, row,
+                _to_json(d).encode("utf-8"), None, tmp_letters)
     except Exception as exc:  # one bad record must not stop the run
         for _, tmp in tmp_letters:
             with contextlib.suppress(OSError):
@@ -441,7 +434,20 @@ def _process(task: tuple) -> tuple:
 
 
 def _process_chunk(chunk: list[tuple]) -> list[tuple]:
-    return [_process(t) for t in chunk]
+    """Read and hash a chunk's records, look them all up in the cache at once, do the rest."""
+    w = _W
+    read = [_read(task) for task in chunk]
+    hashes = [hashlib.blake2b(data, digest_size=16).digest() if data is not None else None for data, _ in read]
+    hits = _cached(w, [h for h in hashes if h is not None]) if w.lookup else {}
+    out = []
+    for (seq, source, _, _), (data, failed), h in zip(chunk, read, hashes):
+        if failed is not None:
+            out.append(failed)
+        elif h in hits:
+            out.append((seq, source, "cached", h, *hits[h]))
+        else:
+            out.append(_process(seq, source, data, h))
+    return out
 
 
 # ------------------------------------------------------------------ the run
@@ -486,13 +492,27 @@ class _State:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, FILE_MODE))  # 0600 before sqlite writes
         self.db = sqlite3.connect(self.path)
-        # WAL: workers read while the parent writes; NORMAL: a crash (even power loss) keeps
-        # the database consistent and at worst forgets the last commits, which are redone.
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        # A rollback journal, not WAL: the manifest holds every result (~6 KB each), and WAL
+        # writes each page twice (into the log, then the database); a rollback journal
+        # writes new pages once. FULL: a crash, even a power loss, keeps the database
+        # consistent and at worst forgets the last commits, which are redone. Workers read
+        # only for cache look-ups (one query per chunk, on re-runs); the default 5 s busy
+        # timeout lets them and a commit (every 0.5 s) wait for each other.
+        self.db.execute("PRAGMA journal_mode=TRUNCATE")
+        self.db.execute("PRAGMA synchronous=FULL")
+        # Room for a whole commit's pages (_Acceptor.COMMIT_EVERY results): a transaction
+        # that spills to the file locks readers out until it commits.
+        self.db.execute("PRAGMA cache_size=-32768")  # KiB
+        if self.db.execute("PRAGMA user_version").fetchone()[0] != int(STATE_VERSION):
+            # A manifest in an older layout: start afresh (its results would be stale anyway,
+            # the fingerprint covers priorauth's code).
+            self.db.executescript("DROP TABLE IF EXISTS meta; DROP TABLE IF EXISTS done; DROP TABLE IF EXISTS files; "
+                                  "DROP TABLE IF EXISTS run; DROP TABLE IF EXISTS run_letters; "
+                                  f"PRAGMA user_version={int(STATE_VERSION)};")
         self.db.executescript(_SCHEMA)
 
-    def begin_run(self, fingerprint: str) -> None:
+    def begin_run(self, fingerprint: str) -> bool:
+        """Clear the previous run; True when the cache holds results this run may use."""
         db = self.db
         row = db.execute("SELECT value FROM meta WHERE key='fingerprint'").fetchone()
         if row is None or row[0] != fingerprint:
@@ -502,6 +522,7 @@ class _State:
         db.execute("DELETE FROM run")
         db.execute("DELETE FROM run_letters")
         db.commit()
+        return db.execute("SELECT EXISTS (SELECT 1 FROM done)").fetchone()[0] == 1
 
 
 def _lock(state_dir: Path):
@@ -557,14 +578,14 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
     os.chmod(state_dir, DIR_MODE)
     lock = _lock(state_dir)
     try:
-        _remove_temp_files(out, letters_dir)
+        _remove_temp_files(out, letters_dir, state_dir)
         state = _State(state_dir)
         try:
-            state.begin_run(fingerprint(Path(criteria.root), formats))
+            cache = state.begin_run(fingerprint(Path(criteria.root), formats))
         finally:
             state.db.close()
         # The criteria and the prepared template are loaded here, once: forked workers inherit them.
-        worker = _Worker(out, state.path, formats, force, criteria,
+        worker = _Worker(out, state.path, formats, cache and not force, criteria,
                          LetterMaker(formats, criteria) if formats else None)
         summary = Summary(str(input), str(out), jobs=jobs)
         chunksize = chunksize or (16 if formats else 64)
@@ -573,22 +594,20 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
         pool = _start_pool(worker, jobs) if jobs > 1 else None
         try:
             state = _State(state_dir)
-            accept = _Acceptor(state, out, summary)
             try:
-                if pool is None:
-                    _init_worker(worker)
-                    try:
-                        for chunk in _chunks(source.tasks(), chunksize):
-                            for res in _process_chunk(chunk):
-                                accept(res)
-                            if progress:
-                                progress(len(chunk))
-                    finally:
-                        _close_worker()
-                else:
-                    _feed_pool(pool, source.tasks(), jobs, chunksize, accept, progress)
-                accept.flush()
-                _finish(state, out, letters_dir)
+                with _Worklist(state_dir) as worklist:
+                    with atomic_stream(out / "results.jsonl", buffering=1 << 20) as results:
+                        accept = _Acceptor(state, out, summary, results, worklist)
+                        if pool is None:
+                            _init_worker(worker)
+                        try:
+                            _work(pool, source.tasks(), chunksize, jobs, accept, progress)
+                        finally:
+                            if pool is None:
+                                _close_worker()
+                        accept.flush()
+                    worklist.write(out / "worklist.csv")
+                _finish(state, letters_dir)
             finally:
                 state.db.close()
         finally:
@@ -621,100 +640,153 @@ def _start_pool(worker: _Worker, jobs: int):
         init = (worker, None, os.getpid())
     else:  # pragma: no cover - spawn platforms load criteria and template once in each child
         ctx = multiprocessing.get_context()
-        init = (None, (worker.out, worker.db_path, worker.formats, worker.force, worker.criteria.root),
+        init = (None, (worker.out, worker.db_path, worker.formats, worker.lookup, worker.criteria.root),
                 os.getpid())
     pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=init)
     pool.submit(int).result()  # with fork, the first submit starts every worker
     return pool
 
 
-def _feed_pool(pool, tasks: Iterator[tuple], jobs: int, chunksize: int, accept: "_Acceptor",
-               progress: Optional[Callable[[int], None]]) -> None:
-    """Chunks to the pool, at most `4 * jobs` chunks in flight, results taken in input order."""
+def _work(pool, tasks: Iterator[tuple], chunksize: int, jobs: int, accept: "_Acceptor",
+          progress: Optional[Callable[[int], None]]) -> None:
+    """Every chunk processed (here, or by the pool when there is one) and accepted in input
+    order, with at most `4 * jobs` chunks in flight so memory stays bounded.
+
+    With a pool this process only feeds it and takes results: computing here as well was
+    tried, and loses more than it gains, because the pool's result thread then waits on
+    the GIL behind the computation (pickled results pile up, the workers idle)."""
     from concurrent.futures.process import BrokenProcessPool
 
     window: deque = deque()
+
+    def take(results: list[tuple]) -> None:
+        accept(results)
+        if progress:
+            progress(len(results))
+
     try:
         for chunk in _chunks(tasks, chunksize):
+            if pool is None:
+                take(_process_chunk(chunk))
+                continue
             window.append(pool.submit(_process_chunk, chunk))
             while len(window) >= 4 * jobs:
-                _drain(window.popleft(), accept, progress)
+                take(window.popleft().result())
         while window:
-            _drain(window.popleft(), accept, progress)
+            take(window.popleft().result())
     except BrokenProcessPool:
         accept.flush()
         raise PriorAuthError("a worker process died (out of memory?); the outputs so far are kept: "
                              "run the same command again to resume") from None
 
 
-def _drain(future, accept: "_Acceptor", progress) -> None:
-    results = future.result()
-    for res in results:
-        accept(res)
-    if progress:
-        progress(len(results))
+class _Worklist:
+    """worklist.csv in WORKLIST_ORDER without sorting: each row goes to its group's
+    temporary file as it comes (input order within a group), and write() joins them."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.files: list = []
+        self.writers: list = []
+
+    def __enter__(self) -> "_Worklist":
+        for _ in range(max(WORKLIST_ORDER.values()) + 1):
+            # Anonymous files (unlinked at once where the OS allows): nothing left by a crash.
+            fh = tempfile.TemporaryFile("w+", dir=self.folder, prefix=".worklist.", suffix=".tmp",
+                                        encoding="utf-8", newline="")
+            self.files.append(fh)
+            self.writers.append(csv.writer(fh))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for fh in self.files:
+            fh.close()
+
+    def add(self, rank: int, cells: Iterable[Any]) -> None:
+        # csv_safe, inlined: a worklist has a dozen cells per record
+        texts = ["" if v is None else v if type(v) is str else str(v) for v in cells]
+        self.writers[rank].writerow(["'" + t if t[:1] in _FORMULA_FIRST else t for t in texts])
+
+    def write(self, path: Path) -> None:
+        with atomic_stream(path, "w", encoding="utf-8-sig", newline="") as out:
+            csv.writer(out).writerow(WORKLIST_COLUMNS)
+            for fh in self.files:
+                fh.seek(0)
+                shutil.copyfileobj(fh, out)
 
 
 class _Acceptor:
-    """Takes results in input order: claims referral ids, places letters, records the manifest."""
+    """Takes results in input order, a chunk at a time: claims referral ids, places letters,
+    writes results.jsonl and worklist rows, records the manifest."""
 
     COMMIT_EVERY = 2000  # records, or
     COMMIT_SECONDS = 0.5  # at most this much work lost when the run is killed
 
-    def __init__(self, state: _State, out: Path, summary: Summary):
+    def __init__(self, state: _State, out: Path, summary: Summary, results, worklist: _Worklist):
         self.db = state.db
         self.out = out
         self.summary = summary
+        self.results = results
+        self.worklist = worklist
         self.pending = 0
         self.renamed = False
         self.committed = time.monotonic()
 
-    def __call__(self, res: tuple) -> None:
-        seq, source, kind, h, rid, status, det, row, result, message, tmp_letters = res
+    def __call__(self, chunk: list[tuple]) -> None:
         db = self.db
         s = self.summary
-        s.records += 1
-        if kind == "fresh" and status in ("done", "invalid") and h is not None:
-            letters = json.dumps([rel for rel, _ in tmp_letters or []])
-            db.execute("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (h, rid, status, det, row, result, message, letters))
-        elif kind == "cached":
-            s.skipped += 1
-        run_message = message if kind != "cached" else None
-        claimed = 0
-        letters_json = None
-        if status == "done":
-            other = db.execute("SELECT source FROM run WHERE referral_id=? AND claimed=1", (rid,)).fetchone()
-            if other is not None:
-                status, det = "invalid", None
-                run_message = f"duplicate referral_id, also in {other[0]}"
-                for _, tmp in tmp_letters or []:
-                    with contextlib.suppress(OSError):
-                        os.unlink(tmp)
-            else:
-                claimed = 1
-                if kind == "fresh":
-                    rels = []
-                    for rel, tmp in tmp_letters or []:
-                        os.replace(tmp, self.out / rel)
-                        st = os.stat(self.out / rel)
-                        db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", (rel, h, _sig(st)))
-                        rels.append(rel)
-                        s.letters_written += 1
-                        self.renamed = True
-                    letters_json = json.dumps(rels)
+        ids = list({res[4] for res in chunk if res[5] == "done"})
+        # Who already holds these referral ids in this run (earlier chunks); this chunk's own
+        # claims are added as they are made.
+        claimed = dict(db.execute(f"SELECT referral_id, source FROM run WHERE claimed = 1 AND referral_id IN "
+                                  f"({','.join('?' * len(ids))})", ids)) if ids else {}
+        done, run, files, run_letters = [], [], [], []
+        for seq, source, kind, h, rid, status, det, row, result, message, letters in chunk:
+            s.records += 1
+            if kind == "fresh" and status in ("done", "invalid") and h is not None:
+                done.append((h, rid, status, det, _to_json(row) if row else None, result, message,
+                             _to_json([rel for rel, _ in letters]) if letters else "[]"))
+            elif kind == "cached":
+                s.skipped += 1
+            claim = 0
+            rels: list[str] = []
+            if status == "done":
+                other = claimed.get(rid)
+                if other is not None:
+                    status, det = "invalid", None
+                    message = f"duplicate referral_id, also in {other}"
+                    for _, tmp in letters if kind == "fresh" else ():
+                        with contextlib.suppress(OSError):
+                            os.unlink(tmp)
                 else:
-                    letters_json = db.execute("SELECT letters FROM done WHERE hash=?", (h,)).fetchone()[0]
-                for rel in json.loads(letters_json or "[]"):
-                    db.execute("INSERT OR REPLACE INTO run_letters VALUES (?)", (rel,))
-        s.statuses[status] += 1
-        if status == "done":
-            s.determinations[det] += 1
-        rank = WORKLIST_ORDER[det if status == "done" else status]
-        db.execute("INSERT INTO run VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (seq, source, h if kind != "error" else None, rid, status, run_message, rank, claimed,
-                    letters_json))
-        self.pending += 1
+                    claim = 1
+                    claimed[rid] = source
+                    if kind == "fresh":
+                        for rel, tmp in letters:
+                            os.replace(tmp, self.out / rel)
+                            files.append((rel, h, _sig(os.stat(self.out / rel))))
+                            rels.append(rel)
+                        s.letters_written += len(rels)
+                        self.renamed = self.renamed or bool(rels)
+                    else:
+                        rels = letters
+                    run_letters += [(rel,) for rel in rels]
+                    self.results.write(result + b"\n")
+            s.statuses[status] += 1
+            if status == "done":
+                s.determinations[det] += 1
+            run.append((seq, source, h if kind != "error" else None, rid, claim))
+            patient, payer, policy, pathways, missing, reauth, reasons = row or (None,) * 7
+            if status != "done":  # a duplicate keeps who and which payer, to find the record; no outcome
+                policy = pathways = missing = reauth = reasons = None
+            self.worklist.add(WORKLIST_ORDER[det if status == "done" else status],
+                              (rid, patient, payer, policy, det, pathways, missing, "; ".join(rels), reauth,
+                               status, message or reasons, source))
+        db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?)", done)
+        db.executemany("INSERT INTO run VALUES (?, ?, ?, ?, ?)", run)
+        db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", files)
+        db.executemany("INSERT OR REPLACE INTO run_letters VALUES (?)", run_letters)
+        self.pending += len(chunk)
         if self.pending >= self.COMMIT_EVERY or time.monotonic() - self.committed >= self.COMMIT_SECONDS:
             self.flush()
 
@@ -727,25 +799,9 @@ class _Acceptor:
         self.committed = time.monotonic()
 
 
-def _finish(state: _State, out: Path, letters_dir: Path) -> None:
-    """The run went through the whole input: rebuild the outputs, drop what is no longer in it."""
+def _finish(state: _State, letters_dir: Path) -> None:
+    """The run went through the whole input: drop what is no longer in it."""
     db = state.db
-    with atomic_stream(out / "results.jsonl") as fh:
-        for (line,) in db.execute("SELECT d.result FROM run r JOIN done d ON d.hash = r.hash "
-                                  "WHERE r.claimed = 1 ORDER BY r.seq"):
-            fh.write(line.encode("utf-8") + b"\n")
-    with atomic_stream(out / "worklist.csv", "w", encoding="utf-8-sig", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(WORKLIST_COLUMNS)
-        query = ("SELECT r.source, r.referral_id, r.status, COALESCE(r.message, d.message), r.letters, "
-                 "d.determination, d.row FROM run r LEFT JOIN done d ON d.hash = r.hash ORDER BY r.rank, r.seq")
-        for src, rid, status, message, letters, det, row in db.execute(query):
-            patient, payer, policy, pathways, missing, reauth, reasons = json.loads(row) if row else [None] * 7
-            if status != "done":  # a duplicate keeps who and which payer, to find the record; no outcome
-                policy = det = pathways = missing = reauth = reasons = None
-            w.writerow([csv_safe(v) for v in (
-                rid, patient, payer, policy, det, pathways, missing,
-                "; ".join(json.loads(letters or "[]")), reauth, status, message or reasons, src)])
     # Letters no record of this run claims (input removed or changed, or orphaned by a crash).
     from .render import FORMATS
 
@@ -765,4 +821,3 @@ def _finish(state: _State, out: Path, letters_dir: Path) -> None:
     db.execute("DELETE FROM files WHERE path NOT IN (SELECT path FROM run_letters)")
     db.execute("DELETE FROM done WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL)")
     db.commit()
-    _remove_temp_files(out)

@@ -11,7 +11,12 @@ rendered XML differs between letters. `FastDocx`:
 * compiles that source once, in the caller's Jinja environment;
 * per letter, renders it and applies docxtpl's own post-processing (`resolve_listing`,
   `fix_tables`, the docPr id renumbering, python-docx's serialisation), so the XML is the
-  XML docxtpl would write;
+  XML docxtpl would write. Parsing and re-serialising the body costs more than rendering
+  it, and for an escaped template (autoescape, no Jinja inside a tag) it changes little:
+  lxml writes empty elements as `<x/>` and the quotes markupsafe escapes as characters.
+  Those two edits are made on the text instead, after checks that nothing else would
+  change (no character or entity reference a parser would resolve, no carriage return,
+  no table to fix, no drawing to renumber); anything else takes the lxml path;
 * writes the zip itself: every part that does not change (styles, numbering, fonts, theme,
   images, relationships...) was deflated once and its compressed bytes and CRC are
   reused; only the rendered parts are deflated per letter.
@@ -20,7 +25,8 @@ The zip has the layout `zipfile` writes (same entry order, headers, deflate sett
 entry dates given by the caller), so a letter is byte-for-byte the one the slow path writes
 once both stamp the same date. Templates that need per-letter packaging changes (an
 `InlineImage`, a `Subdoc`, a hyperlink made with `build_url_id`, media replacement) are not
-supported here: render those with docxtpl.
+supported here, nor are context values that are XML themselves (`Markup`, docxtpl's
+`RichText` or `Listing`): render those with docxtpl.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import re
 import struct
 import zipfile
 import zlib
+from collections import ChainMap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -70,6 +77,125 @@ def _tables_need_fixing(tree) -> bool:
         if not _xpath(f".//w:tr[{spans} >= $n]")(tbl, n=cols):
             return True
     return False
+
+
+# The text path (FastDocx._as_lxml_writes) works on the UTF-8 bytes with plain bytes
+# searches, for speed: the body is ~40 KB of XML per letter and a regular expression trying
+# every "<" costs as much as parsing.
+_JINJA_IN_TAG = re.compile(r"<[^<>]*\{[{%#]")
+_NOT_ESCAPED = re.compile(r"\|\s*safe\b|autoescape|\{[{%]r\s")
+# Elements that can render empty: in the source, their content starts with a Jinja tag or
+# is already empty (static content renders as itself).
+_MAYBE_EMPTY = re.compile(r"<([A-Za-z_][\w.:-]*)(?:\s[^<>]*)?(?<!/)>(?:\{[{%#]|</\1>)")
+# What a parser would not read back as written: characters XML cannot hold (U+FFFE and
+# U+FFFF too), carriage returns (read as line feeds), references other than the escapes.
+_NOT_XML_TEXT = bytes(range(0x09)) + b"\x0b\x0c\r" + bytes(range(0x0e, 0x20))
+_NONCHARACTER = re.compile(rb"\xef\xbf[\xbe\xbf]")
+_OTHER_REFERENCE = re.compile(rb"&(?!amp;|lt;|gt;|#39;|#34;)")
+_SPAN = re.compile(rb'<w:gridSpan w:val="(\d+)"/>')
+_BLANK_TEXT = re.compile(rb">\s+<")
+
+
+def _collapse_empty(data: bytes, name: bytes) -> bytes:
+    """`<name ...></name>` -> `<name .../>`, as lxml writes an element without content."""
+    close = b"></" + name + b">"
+    at = data.find(close)
+    if at < 0:
+        return data
+    out, done = [], 0
+    while at >= 0:
+        tag = data[data.rfind(b"<", 0, at) + 1:at]  # the tag this ">" ends
+        if tag == name or (tag.startswith(name) and tag[len(name):len(name) + 1].isspace()
+                           and not tag.endswith(b"/")):
+            out += (data[done:at], b"/>")
+            done = at + len(close)
+        at = data.find(close, at + len(close))
+    out.append(data[done:])
+    return b"".join(out)
+
+
+def _tables_need_fixing_text(data: bytes) -> Optional[bool]:
+    """_tables_need_fixing read from the serialised body; None when the text cannot tell
+    (a nested table, a table element with attributes, cells inside content controls, a
+    grid span written some other way)."""
+    if b"<w:tbl " in data or b"<w:tbl/>" in data:
+        return None
+    end = 0
+    while (start := data.find(b"<w:tbl>", end)) >= 0:
+        end = data.find(b"</w:tbl>", start)
+        table = data[start + 7:end]
+        if end < 0 or b"<w:tbl>" in table or b"<w:sdt" in table or b"<w:customXml" in table:
+            return None
+        cols = table.count(b"<w:gridCol ") + table.count(b"<w:gridCol/>")
+        rows = table.split(b"</w:tr>")[:-1]  # each piece ends with one row
+        if b"<w:tc " in table or b"<w:tc/>" in table or b"<w:gridSpan" in table:
+            widths = []
+            for row in rows:
+                cells = row.count(b"<w:tc>") + row.count(b"<w:tc ") + row.count(b"<w:tc/>")
+                spans = _SPAN.findall(row)
+                if cells > cols or len(spans) != row.count(b"<w:gridSpan"):
+                    return None if cells <= cols else True
+                widths.append(cells + sum(int(v) for v in spans) - len(spans))
+        else:  # the common case: plain cells, no spans; one count per row
+            widths = [row.count(b"<w:tc>") for row in rows]
+            if max(widths, default=0) > cols:
+                return True
+        if not any(w >= cols for w in widths):
+            return True
+    return False
+
+
+def _maybe_empty(source: str) -> list[bytes]:
+    return sorted({name.encode() for name in _MAYBE_EMPTY.findall(source)})
+
+
+def _as_lxml_writes(xml: str, maybe_empty: Sequence[bytes], body: bool = False) -> Optional[bytes]:
+    """etree.tostring(etree.fromstring(xml)) for a rendered part, computed on the text, or
+    None when only a parser can tell.
+
+    For an escaped template with no Jinja inside a tag (checked when prepared), every value
+    is escaped text between tags, and parsing and serialising changes only empty elements
+    (`<x a="1"></x>` -> `<x a="1"/>`; `maybe_empty` names the elements that can render
+    empty) and markupsafe's escaped quotes (`&#39;` `&#34;` -> `'` `"`). Anything else a
+    parser resolves or normalises (character and entity references, carriage returns,
+    characters XML cannot hold) and drawings (renumbered) answer None; so do the body's
+    tables when DocxTemplate.fix_tables would change them (`body`).
+    """
+    try:
+        data = xml.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: let lxml say what it says
+        return None
+    if (b"docPr" in data or len(data.translate(None, _NOT_XML_TEXT)) != len(data)
+            or _NONCHARACTER.search(data) or _OTHER_REFERENCE.search(data)
+            or (body and _tables_need_fixing_text(data) is not False)):
+        return None
+    for name in maybe_empty:
+        data = _collapse_empty(data, name)
+    return data.replace(b"&#39;", b"'").replace(b"&#34;", b'"')
+
+
+def _escape_text(value: str) -> Optional[bytes]:
+    """A text node's content as lxml writes it, or None for text lxml would refuse or change."""
+    try:
+        data = value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if len(data.translate(None, _NOT_XML_TEXT)) != len(data) or _NONCHARACTER.search(data):
+        return None
+    return data.replace(b"&", b"&amp;").replace(b"<", b"&lt;").replace(b">", b"&gt;")
+
+
+def _render(template: Any, context: Mapping[str, Any]) -> str:
+    """template.render(context) without its two copies of the context (a dict of it, then
+    another with Jinja's globals): a letter renders its parts from one big context, which a
+    ChainMap shows the template with the same lookups. A template cannot write into it."""
+    env = template.environment
+    scope = template.new_context(ChainMap(context, template.globals), shared=True)  # type: ignore[arg-type]
+    try:
+        return env.concat(template.root_render_func(scope))
+    except Exception:
+        env.handle_exception()  # as Template.render: re-raised with the template's traceback
+        raise
 
 
 @dataclass(frozen=True)
@@ -126,11 +252,15 @@ def write_zip(entries: Sequence[_Entry], date_time: tuple = (1980, 1, 1, 0, 0, 0
 class _Part:
     """One templated XML part: compiled once, rendered per letter."""
 
-    def __init__(self, name: str, template: Any, encoding: str, kind: str):
+    def __init__(self, name: str, template: Any, encoding: str, kind: str, source: str, text_path: bool):
         self.name = name
         self.template = template
         self.encoding = encoding
         self.kind = kind  # "header_footer" (re-parsed by python-docx) or "raw" (footnotes: bytes as rendered)
+        # header_footer: python-docx's parse + serialise computed on the text when possible
+        self.text_path = text_path and kind == "header_footer" and encoding.lower() in ("utf-8", "utf8") \
+            and not _JINJA_IN_TAG.search(source) and not _NOT_ESCAPED.search(source)
+        self.maybe_empty = _maybe_empty(source)
 
 
 class FastDocx:
@@ -144,6 +274,7 @@ class FastDocx:
     def __init__(self, template: str | Path | bytes, jinja_env: Any = None, autoescape: bool = False):
         from docx.opc.oxml import serialize_part_xml
         from docx.opc.part import XmlPart
+        from docx.oxml.parser import parse_xml
         from docxtpl import DocxTemplate
         from jinja2 import Environment
 
@@ -160,6 +291,14 @@ class FastDocx:
         self._tpl = tpl
         body_src = _PARA.sub(r"\n<w:p\1", tpl.patch_xml(tpl.get_xml()))
         self._body = env.from_string(body_src)
+        # The text path (document_xml) is exact only for an escaped body whose values all land
+        # between tags: no autoescape, |safe, RichText ({{r ...}}) or Jinja inside a tag.
+        self._text_path = (env.autoescape is True and not _JINJA_IN_TAG.search(body_src)
+                           and not _NOT_ESCAPED.search(body_src))
+        self._body_tags: dict[bytes, bytes] = {}
+        self._maybe_empty = _maybe_empty(body_src)
+        probe = serialize_part_xml(parse_xml(b"<probe/>"))
+        self._declaration = probe[:probe.index(b"<probe/>")]  # what python-docx writes before a part
         self._document_name = tpl.docx.part.partname.membername
         # document.xml around the body, serialised once. docxtpl puts the rendered body into
         # the document element and python-docx serialises the whole; moving the body there
@@ -187,9 +326,9 @@ class FastDocx:
                 encoding = ref.get_headers_footers_encoding(xml)
                 patched = ref.patch_xml(xml)
                 if _TAG.search(patched):
-                    self._parts.append(_Part(part.partname.membername,
-                                             env.from_string(_PARA.sub(r"\n<w:p\1", patched)), encoding,
-                                             "header_footer"))
+                    source = _PARA.sub(r"\n<w:p\1", patched)
+                    self._parts.append(_Part(part.partname.membername, env.from_string(source), encoding,
+                                             "header_footer", source, env.autoescape is True))
                 else:
                     rendered = ref.render_xml_part(patched, part, {}, env)
                     ref.map_headers_footers_xml(rel_key, rendered.encode(encoding))
@@ -199,18 +338,29 @@ class FastDocx:
             blob = part.blob.decode("utf-8") if isinstance(part.blob, bytes) else part.blob
             patched = ref.patch_xml(blob)
             if _TAG.search(patched):
-                self._parts.append(_Part(part.partname.membername,
-                                         env.from_string(_PARA.sub(r"\n<w:p\1", patched)), "utf-8", "raw"))
+                source = _PARA.sub(r"\n<w:p\1", patched)
+                self._parts.append(_Part(part.partname.membername, env.from_string(source), "utf-8", "raw",
+                                         source, False))
             else:
                 part._blob = ref.render_xml_part(patched, part, {}, env).encode("utf-8")
         core = ref.docx.core_properties
         initial = {p: getattr(core, p) for p in _CORE_PROPS}
         self._core: Optional[dict] = None
         if any(_TAG.search(v or "") for v in initial.values()):
-            self._core = {p: env.from_string(v) for p, v in initial.items()}
+            # a property without a tag renders the same for every letter: once
+            self._core = {p: env.from_string(v) if _TAG.search(v or "") else env.from_string(v).render({})
+                          for p, v in initial.items()}
             self._core_obj = tpl.docx.core_properties
             self._core_part = tpl.docx.part.package._core_properties_part  # noqa: SLF001
             self._core_name = self._core_part.partname.membername
+            # The part as python-docx writes it with a marker for each value (U+E000 and the
+            # value's index): per letter, the escaped values go between the pieces. The
+            # elements exist from now on, so only their text changes between letters.
+            for i, prop in enumerate(self._core):
+                setattr(self._core_obj, prop, f"\ue000{i}\ue000")
+            pieces = re.split(rb"\xee\x80\x80(\d+)\xee\x80\x80", self._core_part.blob)
+            order = [int(i) for i in pieces[1::2]]  # the values in the order the elements come
+            self._core_pieces = (pieces[::2], order) if sorted(order) == list(range(len(self._core))) else None
         else:
             for p, v in initial.items():
                 setattr(core, p, env.from_string(v).render({}))
@@ -233,7 +383,7 @@ class FastDocx:
 
     def _render_xml(self, template: Any, context: Mapping[str, Any]) -> str:
         # DocxTemplate.render_xml_part after its from_string (re.sub(r"\n<w:p([ >])", r"<w:p\1") as replaces)
-        xml = template.render(context).replace("\n<w:p ", "<w:p ").replace("\n<w:p>", "<w:p>")
+        xml = _render(template, context).replace("\n<w:p ", "<w:p ").replace("\n<w:p>", "<w:p>")
         if "{_" in xml or "_}" in xml:
             xml = xml.replace("{_{", "{{").replace("}_}", "}}").replace("{_%", "{%").replace("%_}", "%}")
         # resolve_listing only rewrites tabs, newlines, \a and \f: without any it is the identity
@@ -242,38 +392,73 @@ class FastDocx:
 
     def document_xml(self, context: Mapping[str, Any]) -> bytes:
         """word/document.xml for this context, as docxtpl + python-docx would write it."""
+        xml = self._render_xml(self._body, context)
+        body = _as_lxml_writes(xml, self._maybe_empty, body=True) if self._text_path else None
+        if body is None:
+            body = self._reserialised(xml)
+        start = body.index(b">") + 1
+        tag = body[:start]
+        stripped = self._body_tags.get(tag)
+        if stripped is None:
+            from lxml import etree
+
+            # docxtpl moves the body into the document element, whose namespace declarations
+            # the body's start tag then no longer repeats
+            stripped = tag
+            end = b"</" + tag[1:-1].split()[0].rstrip(b"/") + b">"
+            for prefix, uri in etree.fromstring(tag + end).nsmap.items():
+                if self._root_ns.get(prefix) == uri:
+                    name = b"xmlns" if prefix is None else b"xmlns:" + prefix.encode()
+                    stripped = stripped.replace(b" " + name + b'="' + uri.encode() + b'"', b"", 1)
+            self._body_tags[tag] = stripped
+        return self._prefix + stripped + body[start:] + self._suffix
+
+    def _reserialised(self, xml: str) -> bytes:
+        """The body as docxtpl leaves it: parsed, tables fixed, drawings renumbered, serialised."""
         from lxml import etree
 
-        xml = self._render_xml(self._body, context)
         tree = etree.fromstring(xml, parser=self._parser)  # the parser DocxTemplate.fix_tables uses
         if _tables_need_fixing(tree):
             tree = self._tpl.fix_tables(xml)
         if "docPr" in xml:
             for i, elt in enumerate(_DOCPR(tree), start=1001):
                 elt.attrib["id"] = str(i)  # DocxTemplate.fix_docpr_ids, counting from 1000 each render
-        body = etree.tostring(tree, encoding="UTF-8")
-        start = body.index(b">") + 1
-        tag = body[:start]
-        for prefix, uri in tree.nsmap.items():
-            if self._root_ns.get(prefix) == uri:
-                name = b"xmlns" if prefix is None else b"xmlns:" + prefix.encode()
-                tag = tag.replace(b" " + name + b'="' + uri.encode() + b'"', b"", 1)
-        return self._prefix + tag + body[start:] + self._suffix
+        return etree.tostring(tree, encoding="UTF-8")
 
     def parts(self, context: Mapping[str, Any]) -> dict[str, bytes]:
         """Every part that varies with the context: name -> bytes."""
-        from docx.oxml.parser import parse_xml
-
         out = {self._document_name: self.document_xml(context)}
         for part in self._parts:
-            xml = self._render_xml(part.template, context).encode(part.encoding)
-            # header/footer: DocxTemplate.map_headers_footers_xml re-parses it into an XmlPart
-            out[part.name] = self._serialize(parse_xml(xml)) if part.kind == "header_footer" else xml
+            xml = self._render_xml(part.template, context)
+            if part.kind == "header_footer":
+                # DocxTemplate.map_headers_footers_xml re-parses it into an XmlPart, with
+                # python-docx's parser (which drops whitespace-only text: left to it)
+                data = _as_lxml_writes(xml, part.maybe_empty) if part.text_path and xml.startswith("<w:") else None
+                if data is None or _BLANK_TEXT.search(data):
+                    from docx.oxml.parser import parse_xml
+
+                    out[part.name] = self._serialize(parse_xml(xml.encode(part.encoding)))
+                else:
+                    out[part.name] = self._declaration + data
+            else:
+                out[part.name] = xml.encode(part.encoding)
         if self._core is not None:
-            for prop, template in self._core.items():
-                setattr(self._core_obj, prop, template.render(context))
-            out[self._core_name] = self._core_part.blob
+            out[self._core_name] = self._core_xml(context)
         return out
+
+    def _core_xml(self, context: Mapping[str, Any]) -> bytes:
+        """docProps/core.xml: DocxTemplate.render_properties, then python-docx's blob."""
+        values = [template if isinstance(template, str) else _render(template, context)
+                  for template in self._core.values()]
+        if self._core_pieces is not None:
+            # python-docx refuses values over 255 characters, lxml text XML cannot hold
+            escaped = [_escape_text(v) if len(v) <= 255 else None for v in values]
+            if None not in escaped:
+                static, order = self._core_pieces
+                return b"".join(piece for text, i in zip(static, order) for piece in (text, escaped[i])) + static[-1]
+        for prop, value in zip(self._core, values):
+            setattr(self._core_obj, prop, value)
+        return self._core_part.blob
 
     def render(self, context: Mapping[str, Any], date_time: tuple = (1980, 1, 1, 0, 0, 0),
                external_attr: int = 0o600 << 16) -> bytes:

@@ -19,7 +19,7 @@ import io
 import math
 import re
 import zipfile
-from collections import ChainMap, OrderedDict
+from collections import OrderedDict
 from datetime import date as Date
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -91,9 +91,11 @@ def md_escape(value: Any) -> Any:
 
 
 def _clean(value: Any) -> Any:
-    """Drop characters XML cannot hold, all through a context."""
+    """Drop characters XML cannot hold, all through a context (a copy: it shares nothing)."""
     if isinstance(value, str):
-        return _XML_INVALID.sub("", value)
+        # Every such character is non-printable (category Cc or Cn), and isprintable() is
+        # much cheaper than the substitution that most strings do not need.
+        return value if value.isprintable() else _XML_INVALID.sub("", value)
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -133,12 +135,33 @@ def _builtin_env(fmt: str, loader_dir: Path):
     return jinja_env(fmt, loader_dir)
 
 
+@functools.lru_cache(maxsize=1)
+def _sandbox():
+    from jinja2.sandbox import SandboxedEnvironment
+
+    dict_attributes = frozenset(name for cls in dict.__mro__ for name in vars(cls))
+
+    class Sandbox(SandboxedEnvironment):
+        """The sandbox, with its most common step made cheap: `x.name` where x is a plain dict
+        (every letter value is one) and `name` is not an attribute of dict is the item
+        x["name"], which SandboxedEnvironment.getattr finds only after getattr() raised."""
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            if type(obj) is dict and attribute not in dict_attributes:
+                try:
+                    return obj[attribute]
+                except LookupError:
+                    return self.undefined(obj=obj, name=attribute)
+            return super().getattr(obj, attribute)
+
+    return Sandbox
+
+
 def jinja_env(fmt: str = "text", loader_dir: Optional[Path] = None):
     """A sandboxed, StrictUndefined Jinja environment escaping for `fmt` (html, md, docx, text)."""
     from jinja2 import FileSystemLoader, StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
 
-    env = SandboxedEnvironment(
+    env = _sandbox()(
         undefined=StrictUndefined,
         autoescape=fmt in ("html", "docx"),
         finalize=md_escape if fmt == "md" else _finalize,
@@ -153,7 +176,25 @@ def jinja_env(fmt: str = "text", loader_dir: Optional[Path] = None):
 
 @functools.lru_cache(maxsize=1)
 def _text_env():
-    return jinja_env("text")
+    from jinja2.runtime import Context, missing
+
+    env = jinja_env("text")
+    globals_ = env.globals
+
+    class SnippetContext(Context):
+        """Looks names up in the snippet's own variables, then the letter context, then
+        Jinja's globals: the order Template.render gives them, without merging the three
+        into a new dict for each of the ~50 snippets of a letter."""
+
+        def resolve_or_missing(self, key: str) -> Any:
+            if key in self.vars:
+                return self.vars[key]
+            if key in self.parent:
+                return self.parent[key]
+            return globals_.get(key, missing)
+
+    env.context_class = SnippetContext
+    return env
 
 
 @functools.lru_cache(maxsize=1024)
@@ -172,22 +213,22 @@ def _say(source: Any, ctx: Mapping[str, Any], **extra: Any) -> str:
     source = str(source)
     if "{" not in source:
         return source
-    from jinja2 import TemplateError
-
     tpl = _snippet(source)
     env = tpl.environment
-    # What Template.render does, minus its copies of the context (the arguments, then
-    # dict(), then again with Jinja's globals merged in): a letter renders ~50 snippets over
-    # one context, so each sees it through a ChainMap instead, looked up in the same order
-    # (extra, context, globals). A template never writes into this parent mapping.
-    scope = ChainMap(extra, ctx, env.globals) if extra else ChainMap(ctx, env.globals)
+    # Template.render(ctx), minus its copies of the context: the snippet reads the letter
+    # context itself (SnippetContext adds the globals), which no template can write into.
+    context = env.context_class(env, {**ctx, **extra} if extra else ctx, tpl.name, tpl.blocks)
     try:
         try:
-            text = env.concat(tpl.root_render_func(tpl.new_context(scope, shared=True)))
+            text = env.concat(tpl.root_render_func(context))
         except Exception:
-            env.handle_exception()  # as Template.render: re-raises with the template's traceback
-    except TemplateError as exc:
-        raise PriorAuthError(f"{WORDING}: cannot render the wording {source[:60]!r}...: {exc}") from None
+            env.handle_exception()  # as Template.render: re-raised with the template's traceback
+    except Exception as exc:
+        from jinja2 import TemplateError
+
+        if isinstance(exc, TemplateError):
+            raise PriorAuthError(f"{WORDING}: cannot render the wording {source[:60]!r}...: {exc}") from None
+        raise
     return _SPACES.sub(" ", text).strip()
 
 
@@ -434,7 +475,6 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     policy = det.policy
     d = det.dosing or {}
     therapy = words["therapy"][req.therapy]
-    as_dict = det.to_dict()
 
     def weeks(t) -> Optional[str]:
         if not t.start_date:
@@ -549,7 +589,7 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     for a in sorted(ref.assessments, key=lambda a: a.date):
         latest[a.measure] = f"{num(a.value)}{' ' + a.unit if a.unit else ''} on {us_date(a.date)}"
     ctx["labs"] = latest
-    auth = as_dict.get("authorization")
+    auth = det.authorization()
     if isinstance(auth, dict):
         ctx["authorization"] = {
             k: (us_date(Date.fromisoformat(v)) if isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) else v)
@@ -728,9 +768,8 @@ def _render_docx(ctx: Mapping[str, Any], template: Path, custom: bool) -> bytes:
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         raise (InputError if custom else PriorAuthError)(f"{template}: not a .docx file (a DOCX template is needed for docx and pdf)")
     tpl = DocxTemplate(io.BytesIO(raw))
-    data = dict(ctx)
     png = chart_png(ctx)
-    data["chart"] = InlineImage(tpl, io.BytesIO(png), width=Mm(165)) if png else None
+    data = docx_data(ctx, InlineImage(tpl, io.BytesIO(png), width=Mm(165)) if png else None)
     try:
         tpl.render(data, jinja_env("docx"), autoescape=True)
     except TemplateError as exc:
@@ -742,10 +781,28 @@ def _render_docx(ctx: Mapping[str, Any], template: Path, custom: bool) -> bytes:
     return normalize_zip(buf.getvalue(), ctx.get("letter_date_iso"))
 
 
+def has_chart(ctx: Mapping[str, Any]) -> bool:
+    """Does the letter carry a trend chart (chart_png draws one)? Then its DOCX has an image part."""
+    return bool((ctx.get("continuation") or {}).get("series"))
+
+
+def docx_data(ctx: Mapping[str, Any], chart: Any = None) -> dict:
+    """What the DOCX template renders: the letter context, and `chart` (an InlineImage or None)."""
+    data = dict(ctx)
+    data["chart"] = chart
+    return data
+
+
+def zip_date(as_of: Optional[str]) -> tuple:
+    """The date of every entry of a letter's .docx: the letter's date (never the clock), as a
+    zip date_time; zip dates start in 1980."""
+    when = Date.fromisoformat(as_of) if as_of else Date(1980, 1, 1)
+    return (max(when.year, 1980), when.month, when.day, 0, 0, 0)
+
+
 def normalize_zip(data: bytes, as_of: Optional[str]) -> bytes:
     """Rewrite a .docx with every entry dated the letter's date (not the clock): same input, same bytes."""
-    when = Date.fromisoformat(as_of) if as_of else Date(1980, 1, 1)
-    stamp = (max(when.year, 1980), when.month, when.day, 0, 0, 0)
+    stamp = zip_date(as_of)
     src = zipfile.ZipFile(io.BytesIO(data))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst:

@@ -367,7 +367,7 @@ def _committed(out: Path) -> int:
 
 
 def test_killed_midway_then_rerun_ends_with_one_complete_set(tmp_path):
-    n = 300
+    n = 800  # enough for the run to outlast its first commit (0.5 s in) and be killed after it
     inp = tmp_path / "in"
     write_samples(n, inp, seed=31, invalid_share=0.1)
     out = tmp_path / "out"
@@ -620,6 +620,105 @@ def test_fast_docx_renders_headers_core_properties_loops_and_tables_like_docxtpl
         parts = _docx_parts(got)
         assert escape(ctx["patient"]["name"]).encode() in parts["word/header1.xml"]  # the header is rendered
         assert b"Letter for" in parts["docProps/core.xml"]
+
+
+def test_fast_docx_text_path_equals_lxml_or_steps_aside(tmp_path):
+    """The body and headers are written without parsing when the result is provably what
+    parsing and serialising gives; otherwise the lxml path. Either way: docxtpl's bytes."""
+    import docx
+    from docxtpl import DocxTemplate
+
+    from priorauth.docx_fast import FastDocx, _as_lxml_writes
+    from priorauth.render import jinja_env, normalize_zip
+
+    d = docx.Document()
+    d.core_properties.title = "{{ title }}"
+    d.sections[0].header.paragraphs[0].text = "Re: {{ name }}"
+    d.add_paragraph("Name: {{ name }}")
+    d.add_paragraph("Empty: ")
+    d.add_paragraph("{{ empty }}")
+    t = d.add_table(rows=3, cols=2)
+    t.cell(0, 0).text = "{%tr for r in rows %}"
+    t.cell(1, 0).text = "{{ r }}"
+    t.cell(1, 1).text = "{{ r }}"
+    t.cell(2, 0).text = "{%tr endfor %}"
+    path = tmp_path / "t.docx"
+    d.save(path)
+    fast = FastDocx(path, jinja_env("docx"), autoescape=True)
+    assert fast._text_path
+    for name, title, rows, text_path in [
+        ("Siobhán \"Q\" O'Brien & <Sons> ]]>", "t", ["a", "b"], True),  # escaped quotes become characters
+        ("  ", "", ["x"], True),  # whitespace-only text (the header's parser drops it: lxml path there)
+        ("car\rriage", "t", ["x"], False),  # a parser reads CR as LF
+        ("&#169; &amp;", "t", ["x"], True),  # text that looks like references is escaped text
+        ("x", "t" * 300, ["x"], True),  # a title python-docx refuses: its error either way
+        ("x", "t", [], False),  # no rows: fix_tables changes the grid
+    ]:
+        ctx = {"name": name, "title": title, "empty": "", "rows": rows}
+        body = _as_lxml_writes(fast._render_xml(fast._body, ctx), fast._maybe_empty, body=True)
+        assert (body is not None) == text_path, name
+        tpl = DocxTemplate(path)
+        try:
+            tpl.render(ctx, jinja_env("docx"), autoescape=True)
+            buf = io.BytesIO()
+            tpl.save(buf)
+        except ValueError as exc:
+            with pytest.raises(ValueError, match=str(exc)[:20]):
+                fast.render(ctx, (2026, 11, 20, 0, 0, 0))
+            continue
+        assert fast.render(ctx, (2026, 11, 20, 0, 0, 0)) == normalize_zip(buf.getvalue(), "2026-11-20"), name
+
+
+def test_body_text_checks_agree_with_the_xml():
+    from lxml import etree
+
+    from priorauth.docx_fast import _as_lxml_writes, _tables_need_fixing, _tables_need_fixing_text
+
+    w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
+
+    def table(grid: int, rows: list[str]) -> str:
+        cols = "".join('<w:gridCol w:w="100"/>' for _ in range(grid))
+        return f"<w:tbl><w:tblPr/><w:tblGrid>{cols}</w:tblGrid>{''.join(rows)}</w:tbl>"
+
+    cell, span = "<w:tc><w:p/></w:tc>", '<w:tc><w:tcPr><w:gridSpan w:val="2"/></w:tcPr><w:p/></w:tc>'
+    bodies = [table(2, [f"<w:tr>{cell * 2}</w:tr>"] * 3), table(2, []), table(2, [f"<w:tr>{cell * 3}</w:tr>"]),
+              table(3, [f"<w:tr>{cell * 2}</w:tr>"]), table(3, [f"<w:tr>{span}{cell}</w:tr>"]),
+              table(3, [f"<w:tr>{cell}</w:tr>", f"<w:tr>{cell * 3}</w:tr>"]), table(1, ["<w:tr><w:tc/></w:tr>"]),
+              table(2, [f'<w:tr><w:tc w:x="1"><w:p/></w:tc>{cell}</w:tr>']) + table(1, [f"<w:tr>{cell}</w:tr>"])]
+    for inner in bodies:
+        xml = f"<w:body {w}>{inner}</w:body>"
+        verdict = _tables_need_fixing_text(xml.encode())
+        assert verdict in (None, _tables_need_fixing(etree.fromstring(xml))), inner
+    nested = f"<w:body {w}>{table(1, [f'<w:tr><w:tc>{table(1, [])}</w:tc></w:tr>'])}</w:body>"
+    assert _tables_need_fixing_text(nested.encode()) is None
+
+    for xml, same in [(f'<w:body {w}><w:p><w:t xml:space="preserve"></w:t><w:t>O&#39;B &#34;x&#34; &amp; &lt;</w:t>'
+                       f"</w:p><w:p></w:p></w:body>", True),
+                      (f"<w:body {w}><w:p><w:t>&#169;</w:t></w:p></w:body>", False),
+                      (f"<w:body {w}><w:p><w:t>a\rb</w:t></w:p></w:body>", False),
+                      (f"<w:body {w}><w:p><w:t>a\x01b</w:t></w:p></w:body>", False)]:
+        got = _as_lxml_writes(xml, [b"w:t", b"w:p"])
+        if same:
+            assert got == etree.tostring(etree.fromstring(xml), encoding="UTF-8")
+        else:
+            assert got is None
+
+
+def test_atomic_stream_replaces_whole_or_not_at_all(tmp_path):
+    from priorauth.io import atomic_stream, atomic_write
+
+    target = tmp_path / "out.txt"
+    atomic_write(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_stream(target, "w", encoding="utf-8") as fh:
+            fh.write("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    with atomic_stream(target, "w", encoding="utf-8") as fh:
+        fh.write("new")
+    assert target.read_text() == "new" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    with pytest.raises(Exception, match="already exists"):
+        atomic_write(target, b"x", force=False)
 
 
 def test_write_zip_matches_zipfile():

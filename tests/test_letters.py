@@ -219,6 +219,37 @@ def test_context_is_plain_json(criteria):
     assert any("thrombo" in m.lower() for m in ctx["monitoring"])
 
 
+def test_wording_snippets_keep_template_render_semantics():
+    """_say renders a snippet over the letter context without copying it; the lookups stay
+    Template.render's: extra names, then the context, then Jinja's globals; StrictUndefined;
+    a snippet's own {% set %} stays in that snippet; the context is left as it was."""
+    ctx = {"patient": {"name": "Ann"}, "n": 2}
+    before = copy.deepcopy(ctx)
+    assert render._say("{{ patient.name }} {{ n }}", ctx) == "Ann 2"
+    assert render._say("{{ n }}", ctx, n=3) == "3"  # extra first
+    assert render._say("{{ range(n) | list | length }}", ctx) == "2"  # globals last
+    assert render._say("{{ patient.items is defined }}", ctx) == "True"  # dict attributes stay attributes
+    assert render._say("{% set n = 9 %}{{ n }}", ctx) == "9" and render._say("{{ n }}", ctx) == "2"
+    assert render._say("  a \n\t b  ", ctx) == "  a \n\t b  "  # no tag: as written
+    assert render._say("{{ patient.name }}  \n x", ctx) == "Ann x"  # rendered: whitespace collapsed
+    with pytest.raises(PriorAuthError, match="cannot render the wording.*'patient_name' is undefined"):
+        render._say("{{ patient_name }}", ctx)
+    with pytest.raises(PriorAuthError, match="has no attribute 'nmae'"):
+        render._say("{{ patient.nmae }}", ctx)
+    assert ctx == before
+
+
+def test_sandbox_dict_shortcut_behaves_like_the_sandbox():
+    from jinja2.sandbox import SandboxedEnvironment
+
+    plain = SandboxedEnvironment(undefined=render.jinja_env().undefined)
+    ours = render.jinja_env("text")
+    data = {"d": {"name": "x", "keys": "k", "items": [1]}, "o": object()}
+    for src in ("{{ d.name }}", "{{ d.keys is callable }}", "{{ d['keys'] }}", "{{ d.items is callable }}",
+                "{{ d.__class__ is defined }}", "{{ d.missing is defined }}", "{{ o.__class__ is defined }}"):
+        assert ours.from_string(src).render(data) == plain.from_string(src).render(data), src
+
+
 def test_context_shows_only_criteria_the_record_meets(criteria):
     ref, det = decide(example_data(PV), criteria)
     ctx = render.letter_context(ref, det, draft=True)
