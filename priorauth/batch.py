@@ -371,7 +371,7 @@ def _cached(w: _Worker, hashes: list[bytes]) -> dict[bytes, tuple]:
 # A result, the parent's input: (seq, source, kind, hash, referral_id, status, determination,
 # row, result, message, letters). kind: fresh (evaluated now), cached (skipped), error. row:
 # the worklist fields (list) or None; result: the determination's JSON line (bytes) or None;
-# letters: fresh, [(path, temporary file)] to rename; cached, [path].
+# letters: fresh, [(path, temporary file, its stat signature)] to rename; cached, [path].
 
 
 def _read(task: tuple) -> tuple[Optional[bytes], Optional[tuple]]:
@@ -393,7 +393,7 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
     from .referral import read_referral
 
     w = _W
-    tmp_letters: list[tuple[str, str]] = []
+    tmp_letters: list[tuple[str, str, str]] = []
     try:
         try:
             text = data.decode("utf-8-sig")
@@ -420,14 +420,17 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
                 rel = f"letters/{referral.referral_id}.{fmt}"
                 fd, tmp = tempfile.mkstemp(dir=w.out / "letters", prefix=f".{referral.referral_id}.{fmt}.",
                                            suffix=".tmp")
-                tmp_letters.append((rel, tmp))
+                tmp_letters.append((rel, tmp, ""))  # listed at once: removed if anything fails
                 os.fchmod(fd, FILE_MODE)
                 with os.fdopen(fd, "wb") as fh:
                     fh.write(blob)
+                    fh.flush()
+                    # its stat signature once renamed (a rename keeps inode, size and mtime)
+                    tmp_letters[-1] = (rel, tmp, _sig(os.fstat(fd)))
         return (seq, source, "fresh", h, referral.referral_id, "done", det.determination, row,
                 _to_json(d).encode("utf-8"), None, tmp_letters)
     except Exception as exc:  # one bad record must not stop the run
-        for _, tmp in tmp_letters:
+        for _, tmp, _ in tmp_letters:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         return (seq, source, "error", h, None, "error", None, None, None, _location(exc), None)
@@ -655,20 +658,21 @@ def _work(pool, tasks: Iterator[tuple], chunksize: int, jobs: int, accept: "_Acc
     With a pool this process only feeds it and takes results: computing here as well was
     tried, and loses more than it gains, because the pool's result thread then waits on
     the GIL behind the computation (pickled results pile up, the workers idle)."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    window: deque = deque()
 
     def take(results: list[tuple]) -> None:
         accept(results)
         if progress:
             progress(len(results))
 
+    if pool is None:
+        for chunk in _chunks(tasks, chunksize):
+            take(_process_chunk(chunk))
+        return
+    from concurrent.futures.process import BrokenProcessPool
+
+    window: deque = deque()
     try:
         for chunk in _chunks(tasks, chunksize):
-            if pool is None:
-                take(_process_chunk(chunk))
-                continue
             window.append(pool.submit(_process_chunk, chunk))
             while len(window) >= 4 * jobs:
                 take(window.popleft().result())
@@ -745,7 +749,7 @@ class _Acceptor:
             s.records += 1
             if kind == "fresh" and status in ("done", "invalid") and h is not None:
                 done.append((h, rid, status, det, _to_json(row) if row else None, result, message,
-                             _to_json([rel for rel, _ in letters]) if letters else "[]"))
+                             _to_json([rel for rel, _, _ in letters]) if letters else "[]"))
             elif kind == "cached":
                 s.skipped += 1
             claim = 0
@@ -755,16 +759,16 @@ class _Acceptor:
                 if other is not None:
                     status, det = "invalid", None
                     message = f"duplicate referral_id, also in {other}"
-                    for _, tmp in letters if kind == "fresh" else ():
+                    for _, tmp, _ in letters if kind == "fresh" else ():
                         with contextlib.suppress(OSError):
                             os.unlink(tmp)
                 else:
                     claim = 1
                     claimed[rid] = source
                     if kind == "fresh":
-                        for rel, tmp in letters:
+                        for rel, tmp, sig in letters:
                             os.replace(tmp, self.out / rel)
-                            files.append((rel, h, _sig(os.stat(self.out / rel))))
+                            files.append((rel, h, sig))
                             rels.append(rel)
                         s.letters_written += len(rels)
                         self.renamed = self.renamed or bool(rels)

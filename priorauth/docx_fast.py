@@ -79,7 +79,7 @@ def _tables_need_fixing(tree) -> bool:
     return False
 
 
-# The text path (FastDocx._as_lxml_writes) works on the UTF-8 bytes with plain bytes
+# The text path (_as_lxml_writes) works on the UTF-8 bytes with plain bytes
 # searches, for speed: the body is ~40 KB of XML per letter and a regular expression trying
 # every "<" costs as much as parsing.
 _JINJA_IN_TAG = re.compile(r"<[^<>]*\{[{%#]")
@@ -194,8 +194,8 @@ def _render(template: Any, context: Mapping[str, Any]) -> str:
     try:
         return env.concat(template.root_render_func(scope))
     except Exception:
-        env.handle_exception()  # as Template.render: re-raised with the template's traceback
-        raise
+        env.handle_exception()  # as Template.render: re-raises, with the template's traceback
+        raise  # not reached
 
 
 @dataclass(frozen=True)

@@ -219,16 +219,14 @@ def _say(source: Any, ctx: Mapping[str, Any], **extra: Any) -> str:
     # context itself (SnippetContext adds the globals), which no template can write into.
     context = env.context_class(env, {**ctx, **extra} if extra else ctx, tpl.name, tpl.blocks)
     try:
-        try:
-            text = env.concat(tpl.root_render_func(context))
-        except Exception:
-            env.handle_exception()  # as Template.render: re-raised with the template's traceback
-    except Exception as exc:
+        text = env.concat(tpl.root_render_func(context))
+    except Exception:
         from jinja2 import TemplateError
 
-        if isinstance(exc, TemplateError):
+        try:
+            env.handle_exception()  # as Template.render: re-raises, with the template's traceback
+        except TemplateError as exc:
             raise PriorAuthError(f"{WORDING}: cannot render the wording {source[:60]!r}...: {exc}") from None
-        raise
     return _SPACES.sub(" ", text).strip()
 
 
