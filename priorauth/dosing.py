@@ -71,7 +71,8 @@ class DosingCheck:
     dosing: Optional[dict] = None
 
 
-def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: list[str]) -> Optional[dict]:
+def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: list[str],
+            weight: Optional[DosingWeight] = None) -> Optional[dict]:
     """The determination's `dosing` object (spec section 3); None when it cannot be computed."""
     req = referral.request
     found = products.find(req.product)
@@ -92,7 +93,7 @@ def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: l
         return {"hcpcs": hcpcs, "product": brand, "dose_mg": req.dose_mg, "doses": req.doses,
                 "billing_units_per_dose": units,
                 "billing_unit": f"{product.unit.amount:g} {product.unit.of}" if product else None}
-    weight = dosing_weight(referral.patient, bmi_threshold)
+    weight = weight or dosing_weight(referral.patient, bmi_threshold)
     if weight.kg is None or req.dose_g_per_kg is None:
         return None
     grams = round1(req.dose_g_per_kg * weight.kg)
@@ -124,7 +125,9 @@ def assess(referral: Referral, products: Any, limits: Any, warnings: list[str]) 
     from .evaluate import MET, NOT_MET, UNKNOWN, Evidence, kleene_all
 
     req = referral.request
-    dosing = compute(referral, products, limits.adjusted_weight_bmi, warnings)
+    # One dosing weight serves both the output object and the limit check.
+    weight = dosing_weight(referral.patient, limits.adjusted_weight_bmi)
+    dosing = compute(referral, products, limits.adjusted_weight_bmi, warnings, weight)
     parts: list[tuple[str, str]] = []  # (status, sentence)
     missing: list[str] = []
 
@@ -155,7 +158,6 @@ def assess(referral: Referral, products: Any, limits: Any, warnings: list[str]) 
             lo, hi = limits.days_per_cycle
             check(req.days_per_cycle, "days per cycle", lambda v: lo <= v <= hi,
                   f"{lo}-{hi} days per cycle", "number of infusion days per cycle")
-        weight = dosing_weight(referral.patient, limits.adjusted_weight_bmi)
         if weight.kg is None:
             parts.append((UNKNOWN, "dosing weight cannot be computed"))
             missing.extend(weight.missing)

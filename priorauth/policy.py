@@ -340,7 +340,6 @@ class Policy(_Strict):
     payer: str = "baseline"
     version: str
     effective: IsoDate
-    abstract: bool = False
     conditions: list[str] = []
     covered_codes: list[IcdCode] = Field(description="ICD-10-CM codes or prefixes (M33.1 covers M33.10-M33.19)")
     excluded_codes: list[IcdCode] = []
