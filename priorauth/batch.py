@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -61,6 +60,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
+
+import orjson
 
 from .errors import InputError, PriorAuthError
 from .io import DIR_MODE, FILE_MODE, atomic_stream, ensure_dir
@@ -101,8 +102,9 @@ CREATE TABLE IF NOT EXISTS run_letters (path TEXT PRIMARY KEY);
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _FORMULA_FIRST = frozenset(_FORMULA_START)  # all single characters: text[:1] in it == startswith
-# json.dumps(obj, ensure_ascii=False) builds an encoder per call; one does for every record
-_to_json = json.JSONEncoder(ensure_ascii=False).encode
+# orjson: UTF-8 bytes, compact, ~10x faster than json.dumps on a determination (~6 KB); the
+# results file and the manifest hold one per record
+_to_json = orjson.dumps
 
 
 def csv_safe(value: Any) -> str:
@@ -307,6 +309,10 @@ class _Worker:
     letters: Optional[LetterMaker]
     db: Optional[sqlite3.Connection] = None
 
+    @property
+    def letters_dir(self) -> str:
+        return str(self.out / "letters")
+
 
 _W: Optional[_Worker] = None
 
@@ -354,7 +360,7 @@ def _cached(w: _Worker, hashes: list[bytes]) -> dict[bytes, tuple]:
                          f"FROM done WHERE hash IN ({','.join('?' * len(hashes))})", hashes).fetchall()
     hits = {}
     for h, rid, status, det, row, result, message, letters in found:
-        rels = json.loads(letters or "[]")
+        rels = orjson.loads(letters or b"[]")
         for rel in rels:
             f = w.db.execute("SELECT hash, sig FROM files WHERE path=?", (rel,)).fetchone()
             try:
@@ -364,7 +370,7 @@ def _cached(w: _Worker, hashes: list[bytes]) -> dict[bytes, tuple]:
             if f is None or f[0] != h or f[1] != _sig(st):
                 break
         else:
-            hits[h] = (rid, status, det, json.loads(row) if row else None, result, message, rels)
+            hits[h] = (rid, status, det, orjson.loads(row) if row else None, result, message, rels)
     return hits
 
 
@@ -418,17 +424,21 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
         if det.determination == "meets_criteria" and w.letters is not None:
             for fmt, blob in w.letters.make(referral, det).items():
                 rel = f"letters/{referral.referral_id}.{fmt}"
-                fd, tmp = tempfile.mkstemp(dir=w.out / "letters", prefix=f".{referral.referral_id}.{fmt}.",
-                                           suffix=".tmp")
+                # A name no other process uses (pid, sequence) and O_EXCL, so no retry loop;
+                # created 0600 (the umask can only take bits away).
+                tmp = f"{w.letters_dir}/.{referral.referral_id}.{fmt}.{os.getpid()}-{seq}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
                 tmp_letters.append((rel, tmp, ""))  # listed at once: removed if anything fails
-                os.fchmod(fd, FILE_MODE)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(blob)
-                    fh.flush()
+                try:
+                    view = memoryview(blob)
+                    while view:
+                        view = view[os.write(fd, view):]
                     # its stat signature once renamed (a rename keeps inode, size and mtime)
                     tmp_letters[-1] = (rel, tmp, _sig(os.fstat(fd)))
+                finally:
+                    os.close(fd)
         return (seq, source, "fresh", h, referral.referral_id, "done", det.determination, row,
-                _to_json(d).encode("utf-8"), None, tmp_letters)
+                _to_json(d), None, tmp_letters)
     except Exception as exc:  # one bad record must not stop the run
         for _, tmp, _ in tmp_letters:
             with contextlib.suppress(OSError):
@@ -749,7 +759,7 @@ class _Acceptor:
             s.records += 1
             if kind == "fresh" and status in ("done", "invalid") and h is not None:
                 done.append((h, rid, status, det, _to_json(row) if row else None, result, message,
-                             _to_json([rel for rel, _, _ in letters]) if letters else "[]"))
+                             _to_json([rel for rel, _, _ in letters]) if letters else b"[]"))
             elif kind == "cached":
                 s.skipped += 1
             claim = 0

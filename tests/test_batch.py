@@ -722,7 +722,7 @@ def test_atomic_stream_replaces_whole_or_not_at_all(tmp_path):
 
 
 def test_write_zip_matches_zipfile():
-    from priorauth.docx_fast import _entry, write_zip
+    from priorauth.docx_fast import DEFLATE_LEVEL, _entry, write_zip
 
     items = [("a.xml", b"<a/>" * 100), ("dir/b.bin", bytes(range(256)) * 3), ("empty", b"")]
     ref = io.BytesIO()
@@ -731,5 +731,5 @@ def test_write_zip_matches_zipfile():
             info = zipfile.ZipInfo(name, date_time=(2026, 2, 3, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o600 << 16
-            z.writestr(info, data)
+            z.writestr(info, data, compresslevel=DEFLATE_LEVEL)
     assert write_zip([_entry(n, d) for n, d in items], (2026, 2, 3, 0, 0, 0)) == ref.getvalue()

@@ -219,6 +219,20 @@ def test_context_is_plain_json(criteria):
     assert any("thrombo" in m.lower() for m in ctx["monitoring"])
 
 
+@pytest.mark.parametrize("text", [
+    "plain", "tab\tnew\nline\r", "nul\x00", "bell\x07", "back\x08space", "vt\x0b", "ff\x0c", "esc\x1b",
+    "x\ufffe", "x\uffff", "lone \ud800 surrogate", "literal \\b and \\f and \\u0041", "Zoë & <O'Brien>"])
+def test_clean_context_matches_the_full_walk(text):
+    """The serialise-and-search shortcut removes exactly what the walk removes, anywhere in
+    the context, and a clean context comes back as it is."""
+    ctx = {"a": text, "b": [1, None, {"c": [text, 2.5]}], "d": {"e": True}}
+    expected = render._clean(ctx)
+    assert render._clean_context(ctx) == expected
+    cleaned = [expected["a"], expected["b"][2]["c"][0]]
+    assert not any(ch in t for t in cleaned for ch in "\x00\x07\x08\x0b\x0c\x1b\ufffe\uffff")
+    assert all(t == text for t in cleaned) == (render._XML_INVALID.search(text) is None)
+
+
 def test_wording_snippets_keep_template_render_semantics():
     """_say renders a snippet over the letter context without copying it; the lookups stay
     Template.render's: extra names, then the context, then Jinja's globals; StrictUndefined;

@@ -1,0 +1,176 @@
+"""The fast YAML path (_FastLoader) must give exactly what PyYAML's full path (_Loader) gives."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from priorauth.errors import InputError
+from priorauth.referral import _FastLoader, _Loader, parse_text
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def _outcome(text: str, loader: type) -> tuple:
+    try:
+        return ("ok", yaml.load(text, Loader=loader))
+    except Exception as exc:  # noqa: BLE001 - the exception itself is what we compare
+        return ("error", type(exc), str(exc))
+
+
+def same(a, b) -> bool:
+    """== that also demands equal types all the way down (True is not 1), the same key order,
+    and treats NaN as equal to NaN."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return len(a) == len(b) and all(
+            same(ka, kb) and same(va, vb) for (ka, va), (kb, vb) in zip(a.items(), b.items()))
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and math.isnan(a):
+        return math.isnan(b)
+    return a == b
+
+
+def assert_same_outcome(text: str) -> None:
+    old, new = _outcome(text, _Loader), _outcome(text, _FastLoader)
+    assert old[0] == new[0], (old, new)
+    if old[0] == "error":
+        assert old == new
+    else:
+        assert same(old[1], new[1]), (old[1], new[1])
+
+
+DEEP = "a:\n" + "".join("  " * i + f"k{i}:\n" for i in range(1, 150)) + "  " * 150 + "leaf: 1\n"
+
+TRICKY = {
+    "plain": "a: 1\nb: [x, 2.5, true, null]\nc: {d: e}\n",
+    "anchor_alias": "base: &b {x: 1, y: [1, 2]}\ncopy: *b\n",
+    "alias_scalar": "a: &s 7\nb: *s\n",
+    "merge": "base: &b {x: 1, y: 2}\nchild:\n  <<: *b\n  y: 3\n",
+    "merge_list": "a: &a {x: 1}\nb: &b {y: 2}\nc:\n  <<: [*a, *b]\n  z: 3\n",
+    "merge_bad": "a:\n  <<: 5\n",
+    "merge_as_value": "a: <<\n",
+    "value_key": "=: 1\nb: 2\n",
+    "value_as_value": "a: =\n",
+    "explicit_str": "a: !!str 123\nb: !!str true\n",
+    "explicit_int": 'a: !!int "5"\n',
+    "explicit_int_bad": "a: !!int five\n",
+    "explicit_float_bad": "a: !!float abc\n",
+    "explicit_bool_bad": "a: !!bool maybe\n",
+    "explicit_null_on_map": "a: !!null {b: 1}\n",
+    "str_tag_on_seq": "a: !!str [1, 2]\n",
+    "map_tag_on_scalar": "a: !!map x\n",
+    "python_object": "a: !!python/object:os.system ls\n",
+    "python_apply": "!!python/object/apply:os.system [echo hi]\n",
+    "binary": "a: !!binary aGVsbG8=\n",
+    "binary_key": "!!binary aGVsbG8=: 1\n",
+    "set": "a: !!set {x, y}\n",
+    "omap": "a: !!omap [x: 1, y: 2]\n",
+    "pairs": "a: !!pairs [x: 1, x: 2]\n",
+    "timestamp_tagged": "a: !!timestamp 2024-01-02\n",
+    "unknown_tag": "a: !foo bar\n",
+    "unknown_tag_map": "a: !foo {b: 1}\n",
+    "unknown_tag_seq": "a: !foo [1]\n",
+    "verbatim_tag": "a: !<tag:yaml.org,2002:str> 5\n",
+    "nonspecific_tag": "a: ! 5\nb: ! true\n",
+    "duplicate_keys": "a: 1\nb: 2\na: 3\n",
+    "equal_keys_of_other_types": "1: a\ntrue: b\n1.0: c\n",
+    "nan_keys": ".nan: a\n.nan: b\n",
+    "null_key": "~: a\nnull: b\n",
+    "complex_key": "? [a, b]\n: c\n",
+    "complex_map_key": "? {a: 1}\n: c\n",
+    "multi_document": "a: 1\n---\nb: 2\n",
+    "explicit_start_end": "---\na: 1\n...\n",
+    "empty": "",
+    "only_comment": "# nothing\n",
+    "only_start": "---\n",
+    "dates_stay_text": "a: 2024-01-02\nb: 2024-01-02T10:00:00Z\nc: 2001-12-14 21:59:43.10 -5\n",
+    "yes_no_on_off": "a: yes\nb: no\nc: on\nd: off\ne: Yes\nf: OFF\ng: y\nh: n\n",
+    "nulls": "a: ~\nb: null\nc:\nd: Null\n",
+    "floats": "a: .inf\nb: -.Inf\nc: .nan\nd: 1e3\ne: 1.0e+3\nf: 6.8523015e+5\ng: 190:20:30.15\nh: -1_000.5\n",
+    "ints": "a: 0o17\nb: 0x1F\nc: 1_000\nd: 017\ne: 0b1010\nf: 190:20:30\ng: -0\nh: +12\ni: 0\n",
+    "int_regex_but_bad": "a: 0b_\n",
+    "int_regex_but_bad_hex": "a: 0x_\n",
+    "float_regex_but_bad": "a: ._\n",
+    "bad_later_in_order": "a:\n  b: !!int x\nc: !!float y\n",
+    "quoted": "a: '1'\nb: \"true\"\nc: 'null'\n",
+    "plain_then_quoted_same_text": "a: yes\nb: 'yes'\nc: yes\nd: \"12\"\ne: 12\nf: ! \"5\"\ng: !  null\n",
+    "block_scalars": "a: |\n  line 1\n  line 2\nb: >-\n  folded\n  text\n",
+    "scalar_root": "42\n",
+    "seq_root": "- 1\n- two\n",
+    "flow_map_root": "{a: 1, b: [2, 3]}\n",
+    "deep_nesting": DEEP,
+    "deep_flow": "[" * 200 + "]" * 200 + "\n",
+    "non_ascii": "name: Zoë Ångström\nnote: 日本語\nemoji: \"\\U0001F600\"\n",
+    "tab_indent_error": "a:\n\tb: 1\n",
+    "unclosed_flow": "a: [1, 2\n",
+    "bad_indent": "a: 1\n b: 2\n",
+    "undefined_alias": "a: *nope\n",
+    "duplicate_anchor": "a: &x 1\nb: &x 2\nc: *x\n",
+    "long_scalar": "a: " + "x" * 5000 + "\nb: " + "1" * 200 + "\n",
+    "bom_like": "\ufeffa: 1\n",
+    "control_char": "a: \x07\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(TRICKY))
+def test_tricky_documents_same_as_pyyaml(name):
+    assert_same_outcome(TRICKY[name])
+
+
+def test_cold_and_warm_resolver_memo_agree():
+    for text in TRICKY.values():
+        _FastLoader._plain_tags.clear()
+        assert_same_outcome(text)  # cold
+        assert_same_outcome(text)  # warm
+
+
+def test_recursive_alias_still_builds():
+    data = yaml.load("&a [1, *a]\n", Loader=_FastLoader)
+    assert data[0] == 1 and data[1] is data
+
+
+def test_aliases_still_share_objects():
+    data = yaml.load(TRICKY["anchor_alias"], Loader=_FastLoader)
+    assert data["copy"] is data["base"]
+
+
+@pytest.mark.parametrize("path", sorted(SAMPLES.glob("**/*.yaml")) + sorted(SAMPLES.glob("fhir/*.json")),
+                         ids=lambda p: p.name)
+def test_samples_same_as_pyyaml(path):
+    assert_same_outcome(path.read_text(encoding="utf-8"))
+
+
+def test_generated_referrals_same_as_pyyaml(tmp_path):
+    from priorauth.generate import write_samples
+
+    write_samples(150, tmp_path, seed=5, invalid_share=0.2)
+    files = sorted(tmp_path.glob("*.*"))
+    assert len(files) == 150
+    for path in files:
+        assert_same_outcome(path.read_bytes().decode("utf-8", "replace"))
+
+
+def test_resolver_memo_stays_bounded():
+    text = "".join(f"k{i}: v{i}\n" for i in range(10_000))
+    assert yaml.load(text, Loader=_FastLoader) == yaml.load(text, Loader=_Loader)
+    assert len(_FastLoader._plain_tags) <= 4096
+
+
+@pytest.mark.parametrize("text", [TRICKY["python_object"], TRICKY["python_apply"],
+                                  "!!python/name:os.system\n", "a: !!python/module:os\n"])
+def test_python_tags_are_refused(text):
+    with pytest.raises(InputError, match="could not determine a constructor"):
+        parse_text(text, "hostile.yaml")
+
+
+def test_parse_text_uses_fast_loader(monkeypatch):
+    calls = []
+    monkeypatch.setattr(_FastLoader, "construct_document",
+                        lambda self, node: calls.append(node) or "fast")
+    assert parse_text("a: 1\n", "x.yaml") == "fast" and calls
