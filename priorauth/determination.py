@@ -6,11 +6,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Optional
 
-from dateutil.relativedelta import relativedelta
-
 from . import policy as P
 from .dosing import compute as compute_dosing
-from .evaluate import MET, NOT_MET, NO_LIMITS, UNKNOWN, Result, evaluate_node, make_context, resolve_treatments
+from .evaluate import (MET, NOT_MET, NO_LIMITS, UNKNOWN, Result, add_months, evaluate_node, make_context,
+                       resolve_treatments)
 from .referral import Referral
 from .safety import screen_all
 
@@ -38,18 +37,26 @@ class Determination:
         """Every node of the policy tree, depth first, with its parent's id."""
         if self.result is None:
             return []
-        verified = self.policy.verified_nodes
-        return [{
-            "id": r.node.id,
-            "label": r.node.label,
-            "status": r.status,
-            "reason": r.reason,
-            "evidence": [e.to_dict() for e in r.evidence],
-            "parent": parent,
-            "pathway": r.node.pathway,
-            "source": r.node.source,
-            "verified": id(r.node) in verified,
-        } for r, parent in self.flat]
+        known = self.policy._node_fields
+        out = []
+        for r, parent in self.flat:
+            node = r.node
+            fields = known.get(id(node))
+            if fields is None or fields[0] is not node:  # not a node of this policy
+                fields = (node, node.id, node.label, node.pathway, node.source, id(node) in self.policy.verified_nodes)
+            _, node_id, label, pathway, source, verified = fields
+            out.append({
+                "id": node_id,
+                "label": label,
+                "status": r.status,
+                "reason": r.reason,
+                "evidence": [e.to_dict() for e in r.evidence] if r.evidence else [],
+                "parent": parent,
+                "pathway": pathway,
+                "source": source,
+                "verified": verified,
+            })
+        return out
 
     def reasons(self) -> list[str]:
         """Why it is not eligible: the failed criteria that decided it, in words."""
@@ -75,7 +82,7 @@ class Determination:
         if self.determination != "meets_criteria" or auth is None:
             return None
         start = self.referral.request.start_date or self.referral.date
-        end = start + relativedelta(months=auth.months) - timedelta(days=1)
+        end = add_months(start, auth.months) - timedelta(days=1)
         return {"start": start.isoformat(), "end": end.isoformat(), "months": auth.months,
                 "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat()}
 
@@ -105,15 +112,16 @@ def determine(referral: Referral, criteria: P.Criteria, warnings: list[str] | No
 
     `warnings` carries what reading the referral noticed (a FHIR import's unmapped data).
     """
-    det = _decide(referral, criteria, warnings)
-    for s in screen_all(referral, criteria):
+    det, known = _decide(referral, criteria, warnings)
+    for s in screen_all(referral, criteria, known):
         if s.status != "ok":
             det.safety.append({"rule": s.rule_id, "label": s.rule.label, "status": s.status, "message": s.message})
             det.warnings.append(f"safety: {s.message}")
     return det
 
 
-def _decide(referral: Referral, criteria: P.Criteria, warnings: list[str] | None) -> Determination:
+def _decide(referral: Referral, criteria: P.Criteria, warnings: list[str] | None) -> tuple[Determination, Any]:
+    """The determination, and the safety facts if evaluating worked them out (the screen reuses them)."""
     codes = [d.code for d in referral.diagnoses]
     policy = P.select_policy(criteria, referral.request.therapy, codes, referral.coverage.payer, referral.date)
     warnings = list(warnings or [])
@@ -122,13 +130,14 @@ def _decide(referral: Referral, criteria: P.Criteria, warnings: list[str] | None
         # the dose are still worth showing.
         resolve_treatments(referral, criteria.vocabulary, warnings)
         dosing = compute_dosing(referral, criteria.products, NO_LIMITS.adjusted_weight_bmi, warnings)
-        return Determination(referral, None, "not_eligible", None, [], [], dosing, warnings)
+        return Determination(referral, None, "not_eligible", None, [], [], dosing, warnings), None
     ctx = make_context(referral, criteria, policy, warnings)
     result = evaluate_node(policy.tree_for(referral.request.request_type), ctx)
     flat = result.walk()
-    pathways = [r.node.id for r, _ in flat if r.node.pathway and r.status == MET]
-    return Determination(referral, policy, OUTCOMES[result.status], result, pathways,
-                         result.missing, ctx.dosing().dosing, _unique(warnings), flat=flat)
+    pathways = [r.node.id for r, _ in flat if r.status == MET and r.node.pathway]
+    det = Determination(referral, policy, OUTCOMES[result.status], result, pathways,
+                        list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat)
+    return det, ctx._facts  # None unless a safety leaf needed them
 
 
 def _unique(items: list[str]) -> list[str]:

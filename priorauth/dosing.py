@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Optional
 
@@ -22,7 +23,30 @@ ADJUSTED_FRACTION = 0.4
 
 def round1(x: float) -> float:
     """Round half up to 0.1 (not banker's rounding: 136.45 g is 136.5 g)."""
-    return float(Decimal(repr(x)).quantize(Decimal("0.1"), rounding=ROUND_HALF_UP))
+    text = repr(x)  # the shortest decimal that reads back as x: what is rounded
+    if type(x) is float:
+        whole, dot, frac = text.partition(".")
+        if dot and "e" not in frac:
+            # Plain "-123.456" (a few calls a referral, and Decimal is slow): the tenths, plus
+            # one when the next digit is 5 or more, away from zero as ROUND_HALF_UP does.
+            # int / int is correctly rounded, as float(Decimal) is: the same float.
+            tenths = abs(int(whole)) * 10 + int(frac[0]) + (len(frac) > 1 and frac[1] >= "5")
+            return -(tenths / 10) if whole[0] == "-" else tenths / 10
+    return float(Decimal(text).quantize(_TENTH, rounding=ROUND_HALF_UP))
+
+
+_TENTH = Decimal("0.1")
+
+
+@lru_cache(maxsize=4096)
+def _units(grams: float, unit: float) -> int:
+    """Billing units for a dose: ceil(grams / unit), in decimal (doses repeat across a batch)."""
+    return math.ceil(Decimal(repr(grams)) / Decimal(repr(unit)))
+
+
+@lru_cache(maxsize=64)
+def _unit_text(amount: float, of: str) -> str:
+    return f"{amount:g} {of}"  # "0.5 g": one per product
 
 
 def bmi(weight_kg: float, height_cm: float) -> float:
@@ -35,7 +59,7 @@ def ideal_body_weight(sex: str, height_cm: float) -> Optional[float]:
     return DEVINE_BASE_KG[sex] + DEVINE_KG_PER_INCH * (height_cm / CM_PER_INCH - 60)
 
 
-@dataclass
+@dataclass(slots=True)
 class DosingWeight:
     kg: Optional[float]
     basis: Optional[str]  # "actual" or "adjusted"
@@ -45,24 +69,25 @@ class DosingWeight:
 
 
 def dosing_weight(patient: Patient, bmi_threshold: float = 30) -> DosingWeight:
-    if patient.weight_kg is None:
+    weight, height = patient.weight_kg, patient.height_cm
+    if weight is None:
         return DosingWeight(None, None, missing=["patient's current weight in kg"])
-    if patient.height_cm is None:
+    if height is None:
         # Without height, BMI is unknown and so is whether the adjusted weight applies.
         return DosingWeight(None, None, missing=["patient's height in cm (BMI decides actual or adjusted dosing weight)"])
-    index = bmi(patient.weight_kg, patient.height_cm)
+    index = bmi(weight, height)
     if index < bmi_threshold:
-        return DosingWeight(patient.weight_kg, "actual", index)
-    ibw = ideal_body_weight(patient.sex, patient.height_cm)
+        return DosingWeight(weight, "actual", index)
+    ibw = ideal_body_weight(patient.sex, height)
     if ibw is None:
         return DosingWeight(None, None, index, missing=[
             f"patient's sex, female or male (BMI {index:.1f} needs ideal body weight, which depends on sex)"])
     # An adjusted weight above the actual one (very short patients) would overdose: cap it.
-    adjusted = min(patient.weight_kg, ibw + ADJUSTED_FRACTION * (patient.weight_kg - ibw))
+    adjusted = min(weight, ibw + ADJUSTED_FRACTION * (weight - ibw))
     return DosingWeight(adjusted, "adjusted", index, ibw)
 
 
-@dataclass
+@dataclass(slots=True)
 class DosingCheck:
     status: str
     reason: str
@@ -75,31 +100,32 @@ def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: l
             weight: Optional[DosingWeight] = None) -> Optional[dict]:
     """The determination's `dosing` object (spec section 3); None when it cannot be computed."""
     req = referral.request
-    found = products.find(req.product)
+    therapy, name = req.therapy, req.product
+    found = products.find(name)
     if found is None:
-        warnings.append(f"unknown product {req.product!r}: HCPCS code and billing units not computed")
-        brand, product = req.product, None
+        warnings.append(f"unknown product {name!r}: HCPCS code and billing units not computed")
+        brand, product = name, None
     else:
         brand, product = found
-        if product.therapy != req.therapy:
-            warnings.append(f"product {brand} is {product.therapy}, but the request is for {req.therapy}")
+        if product.therapy != therapy:
+            warnings.append(f"product {brand} is {product.therapy}, but the request is for {therapy}")
         if not product.verified:
             warnings.append(f"HCPCS code {product.hcpcs} for {brand} is not verified: {product.note or 'check the payer'}")
     hcpcs = product.hcpcs if product else None
-    if req.therapy == "rituximab":
+    if therapy == "rituximab":
         if req.dose_mg is None:
             return None
         units = math.ceil(req.dose_mg / product.unit.amount) if product and product.unit.of == "mg" else None
         return {"hcpcs": hcpcs, "product": brand, "dose_mg": req.dose_mg, "doses": req.doses,
                 "billing_units_per_dose": units,
-                "billing_unit": f"{product.unit.amount:g} {product.unit.of}" if product else None}
+                "billing_unit": _unit_text(product.unit.amount, product.unit.of) if product else None}
     weight = weight or dosing_weight(referral.patient, bmi_threshold)
-    if weight.kg is None or req.dose_g_per_kg is None:
+    dose, days = req.dose_g_per_kg, req.days_per_cycle
+    if weight.kg is None or dose is None:
         return None
-    grams = round1(req.dose_g_per_kg * weight.kg)
-    units = None
-    if product and product.unit.of == "g":
-        units = math.ceil(Decimal(repr(grams)) / Decimal(repr(product.unit.amount)))
+    grams = round1(dose * weight.kg)
+    unit = product.unit if product else None
+    units = _units(grams, unit.amount) if unit is not None and unit.of == "g" else None
     return {
         "dosing_weight_kg": round1(weight.kg),
         "weight_basis": weight.basis,
@@ -108,21 +134,68 @@ def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: l
         "billing_units_per_cycle": units,
         # extensions beyond spec section 3, for letters and worklists
         "product": brand,
-        "dose_g_per_kg": req.dose_g_per_kg,
+        "dose_g_per_kg": dose,
         "actual_weight_kg": referral.patient.weight_kg,
         "bmi": round1(weight.bmi) if weight.bmi is not None else None,
         "ideal_body_weight_kg": round1(weight.ibw) if weight.ibw is not None else None,
-        "billing_unit": f"{product.unit.amount:g} {product.unit.of}" if product else None,
-        "days_per_cycle": req.days_per_cycle,
-        "grams_per_day": round1(grams / req.days_per_cycle) if req.days_per_cycle else None,
+        "billing_unit": _unit_text(unit.amount, unit.of) if unit is not None else None,
+        "days_per_cycle": days,
+        "grams_per_day": round1(grams / days) if days else None,
         "interval_weeks": req.interval_weeks,
         "cycles": req.cycles,
     }
 
 
+@lru_cache(maxsize=None)
+def _evaluate_names() -> tuple:
+    # evaluate imports this module, so its names are imported on first use; once, since an
+    # import statement costs microseconds on every call.
+    from .evaluate import MET, NOT_MET, UNKNOWN, Evidence, kleene_all
+
+    return MET, NOT_MET, UNKNOWN, Evidence, kleene_all
+
+
+@lru_cache(maxsize=256, typed=True)
+def _limit_checks(rituximab: bool, max_mg_per_dose, max_doses, max_g_per_kg_per_cycle, min_interval_weeks,
+                  days_per_cycle) -> tuple:
+    """The checks a policy's limits ask for, with their texts, worked out once per set of limits:
+    (request field, label, lowest, highest, limit text, what to document)."""
+    if rituximab:
+        checks = [
+            max_mg_per_dose and ("dose_mg", "dose (mg)", None, max_mg_per_dose,
+                                 f"at most {max_mg_per_dose:g} mg a dose", "requested rituximab dose in mg"),
+            max_doses and ("doses", "number of doses", None, max_doses,
+                           f"at most {max_doses} doses", "number of rituximab doses requested"),
+        ]
+    else:
+        lo, hi = days_per_cycle or (None, None)
+        checks = [
+            max_g_per_kg_per_cycle and ("dose_g_per_kg", "dose (g/kg per cycle)", None, max_g_per_kg_per_cycle,
+                                        f"at most {max_g_per_kg_per_cycle:g} g/kg per cycle",
+                                        "requested dose in g/kg per cycle"),
+            min_interval_weeks and ("interval_weeks", "interval (weeks)", min_interval_weeks, None,
+                                    f"at least {min_interval_weeks:g} weeks between cycles",
+                                    "interval between cycles in weeks"),
+            days_per_cycle and ("days_per_cycle", "days per cycle", lo, hi,
+                                f"{lo}-{hi} days per cycle", "number of infusion days per cycle"),
+        ]
+    return tuple(c for c in checks if c)
+
+
+@lru_cache(maxsize=1024, typed=True)
+def _verdict(check: tuple, value: float) -> tuple[bool, str]:
+    """Is a stated value within a limit, and the sentence saying so (the same few doses,
+    intervals and day counts come back across a batch; they are validated positive, so
+    equal values print alike)."""
+    name, label, lowest, highest, limit_text, doc = check
+    if (lowest is None or lowest <= value) and (highest is None or value <= highest):
+        return True, f"{label} {value:g} within {limit_text}"
+    return False, f"{label} {value:g} exceeds the policy's {limit_text}"
+
+
 def assess(referral: Referral, products: Any, limits: Any, warnings: list[str]) -> DosingCheck:
     """Compare the request with the policy's dose limits (a `dosing` node)."""
-    from .evaluate import MET, NOT_MET, UNKNOWN, Evidence, kleene_all
+    MET, NOT_MET, UNKNOWN, Evidence, kleene_all = _evaluate_names()
 
     req = referral.request
     # One dosing weight serves both the output object and the limit check.
@@ -131,40 +204,27 @@ def assess(referral: Referral, products: Any, limits: Any, warnings: list[str]) 
     parts: list[tuple[str, str]] = []  # (status, sentence)
     missing: list[str] = []
 
-    def check(value, label, ok, limit_text, doc):
+    rituximab = req.therapy == "rituximab"
+    checks = _limit_checks(rituximab, limits.max_mg_per_dose, limits.max_doses, limits.max_g_per_kg_per_cycle,
+                           limits.min_interval_weeks, limits.days_per_cycle)
+    for check in checks:
+        value = getattr(req, check[0])
         if value is None:
-            parts.append((UNKNOWN, f"{label} not stated"))
-            missing.append(doc)
-        elif ok(value):
-            parts.append((MET, f"{label} {value:g} within {limit_text}"))
+            parts.append((UNKNOWN, f"{check[1]} not stated"))
+            missing.append(check[5])
         else:
-            parts.append((NOT_MET, f"{label} {value:g} exceeds the policy's {limit_text}"))
-
-    if req.therapy == "rituximab":
-        if limits.max_mg_per_dose:
-            check(req.dose_mg, "dose (mg)", lambda v: v <= limits.max_mg_per_dose,
-                  f"at most {limits.max_mg_per_dose:g} mg a dose", "requested rituximab dose in mg")
-        if limits.max_doses:
-            check(req.doses, "number of doses", lambda v: v <= limits.max_doses,
-                  f"at most {limits.max_doses} doses", "number of rituximab doses requested")
-    else:
-        if limits.max_g_per_kg_per_cycle:
-            check(req.dose_g_per_kg, "dose (g/kg per cycle)", lambda v: v <= limits.max_g_per_kg_per_cycle,
-                  f"at most {limits.max_g_per_kg_per_cycle:g} g/kg per cycle", "requested dose in g/kg per cycle")
-        if limits.min_interval_weeks:
-            check(req.interval_weeks, "interval (weeks)", lambda v: v >= limits.min_interval_weeks,
-                  f"at least {limits.min_interval_weeks:g} weeks between cycles", "interval between cycles in weeks")
-        if limits.days_per_cycle:
-            lo, hi = limits.days_per_cycle
-            check(req.days_per_cycle, "days per cycle", lambda v: lo <= v <= hi,
-                  f"{lo}-{hi} days per cycle", "number of infusion days per cycle")
+            within, sentence = _verdict(check, value)
+            parts.append((MET if within else NOT_MET, sentence))
+    if not rituximab:
         if weight.kg is None:
             parts.append((UNKNOWN, "dosing weight cannot be computed"))
             missing.extend(weight.missing)
         else:
-            parts.append((MET, f"dosing weight {round1(weight.kg):g} kg ({weight.basis})"))
+            # The dosing object, when there is one, has rounded this same weight already.
+            kg = dosing["dosing_weight_kg"] if dosing else round1(weight.kg)
+            parts.append((MET, f"dosing weight {kg:g} kg ({weight.basis})"))
 
-    status = kleene_all(s for s, _ in parts) if parts else MET
+    status = kleene_all([s for s, _ in parts]) if parts else MET
     shown = [t for s, t in parts if s == status] if status != MET else [t for _, t in parts]
     evidence = [Evidence("request", None, _request_summary(req, dosing))]
     return DosingCheck(status, "; ".join(shown) or "no dose limits in this policy", evidence, missing, dosing)

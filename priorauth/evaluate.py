@@ -7,14 +7,15 @@ uses, and with what parameters, comes from `criteria/`.
 
 from __future__ import annotations
 
+import calendar
 from dataclasses import dataclass, field
 from datetime import date as Date
-from typing import Any, Callable, Iterable, Optional
-
-from dateutil.relativedelta import relativedelta
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from . import policy as P
+from .dosing import assess as assess_dosing
 from .referral import Referral, Treatment
+from .safety import facts as safety_facts, screen as safety_screen
 
 MET, NOT_MET, UNKNOWN = "met", "not_met", "unknown"
 
@@ -23,21 +24,24 @@ MET, NOT_MET, UNKNOWN = "met", "not_met", "unknown"
 
 
 def kleene_all(statuses: Iterable[str]) -> str:
-    statuses = list(statuses)
+    if not isinstance(statuses, list):
+        statuses = list(statuses)
     if NOT_MET in statuses:
         return NOT_MET
     return UNKNOWN if UNKNOWN in statuses else MET
 
 
 def kleene_any(statuses: Iterable[str]) -> str:
-    statuses = list(statuses)
+    if not isinstance(statuses, list):
+        statuses = list(statuses)
     if MET in statuses:
         return MET
     return UNKNOWN if UNKNOWN in statuses else NOT_MET
 
 
 def kleene_at_least(n: int, statuses: Iterable[str]) -> str:
-    statuses = list(statuses)
+    if not isinstance(statuses, list):
+        statuses = list(statuses)
     met = statuses.count(MET)
     if met >= n:
         return MET
@@ -47,7 +51,7 @@ def kleene_at_least(n: int, statuses: Iterable[str]) -> str:
 # ------------------------------------------------------------------ results
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evidence:
     kind: str  # finding, treatment, diagnosis, contraindication, assessment, patient, request
     index: Optional[int]
@@ -67,14 +71,17 @@ PLURAL = {"finding": "findings", "treatment": "treatments", "diagnosis": "diagno
           "contraindication": "contraindications", "assessment": "assessments"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Result:
     node: Any
     status: str
     reason: str
-    evidence: list[Evidence] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    children: list["Result"] = field(default_factory=list)
+    # A leaf has no children, and most results no evidence or nothing missing: those share the
+    # empty tuple rather than hold an empty list each (a batch keeps many results for the
+    # garbage collector to scan).
+    evidence: Sequence[Evidence] = ()
+    missing: Sequence[str] = ()
+    children: Sequence["Result"] = ()
 
     @property
     def id(self) -> str:
@@ -82,17 +89,22 @@ class Result:
 
     def walk(self) -> list[tuple["Result", Optional[str]]]:
         """Every result depth first, with its parent's id (a list: the output walks it twice)."""
-        out: list[tuple[Result, Optional[str]]] = []
-        stack: list[tuple[Result, Optional[str]]] = [(self, None)]
-        while stack:
-            r, parent = stack.pop()
-            out.append((r, parent))
-            stack.extend((c, r.node.id) for c in reversed(r.children))
+        out: list[tuple[Result, Optional[str]]] = [(self, None)]
+        _walk_children(self, out)
         return out
 
 
-def _leaf(node, status, reason, evidence=(), missing=()) -> Result:
-    return Result(node, status, reason, list(evidence), list(missing))
+def _walk_children(r: Result, out: list) -> None:
+    node_id = r.node.id
+    for c in r.children:
+        out.append((c, node_id))
+        if c.children:  # most results are leaves
+            _walk_children(c, out)
+
+
+def _leaf(node, status, reason, evidence: Optional[list] = None, missing: Optional[list] = None) -> Result:
+    # The leaves pass lists made for the result, so they are kept, not copied.
+    return Result(node, status, reason, evidence or (), missing or ())
 
 
 # ------------------------------------------------------------------ context
@@ -104,12 +116,33 @@ def weeks_between(start: Date, end: Date) -> float:
 
 def lasted_at_least(start: Date, end: Date, weeks: float) -> bool:
     # Weeks are exact day counts (4 weeks = 28 days, and exactly the minimum counts);
-    # relativedelta is kept for calendar months and years, where day counts vary.
+    # calendar months (add_months) are kept for months and years, where day counts vary.
     return (end - start).days >= round(weeks * 7)
+
+
+def add_months(day: Date, months: int) -> Date:
+    """`day + relativedelta(months=months)`, without building a relativedelta: the same
+    month arithmetic, and the day capped at the end of a shorter month (31 Jan + 1 = 29 Feb)."""
+    year, month = divmod(day.year * 12 + day.month - 1 + months, 12)
+    month += 1
+    last = day.day if day.day <= 28 else min(day.day, calendar.monthrange(year, month)[1])
+    return day.replace(year=year, month=month, day=last)
 
 
 def humanize(value: str) -> str:
     return value.replace("_", " ")
+
+
+def _options(ctx: Context, node: Any, field: str, sep: str = " or ") -> str:
+    """`muscle biopsy or emg`: a list field of the node, humanized and joined. It depends on the
+    node alone, so it is made once and kept with the policy (with the node, so that its id
+    cannot be taken by another object while the entry lives)."""
+    memo = ctx.memo
+    key = (id(node), field, sep)
+    hit = memo.get(key)
+    if hit is None or hit[0] is not node:
+        hit = memo[key] = (node, sep.join([humanize(v) for v in getattr(node, field)]))
+    return hit[1]
 
 
 def treatment_summary(t: Treatment, as_of: Date) -> str:
@@ -118,9 +151,9 @@ def treatment_summary(t: Treatment, as_of: Date) -> str:
         parts.append(t.route)
     if t.dose:
         parts.append(t.dose)
-    if t.start_date:
-        end = t.end_date or as_of
-        span = f"{t.start_date} to {t.end_date or 'present'} ({weeks_between(t.start_date, end):g} weeks)"
+    start, stop = t.start_date, t.end_date
+    if start:
+        span = f"{start} to {stop or 'present'} ({weeks_between(start, stop or as_of):g} weeks)"
         parts.append(span)
     if t.outcome:
         parts.append(humanize(t.outcome))
@@ -138,25 +171,33 @@ class Context:
     warnings: list[str]
     # (index, treatment, generic name or None) once, so each leaf need not look names up again
     treatments: list[tuple[int, Treatment, Optional[str]]] = field(default_factory=list)
+    verified: frozenset = frozenset()  # policy.verified_nodes: is_verified, worked out once per policy
     _dosing: Any = None
+    _facts: Any = None
     _members: dict = field(default_factory=dict)
+    _evidence: dict = field(default_factory=dict)  # treatment index -> Evidence
+    # Plain attributes, not properties: the leaves ask for them often.
+    vocab: P.Vocabulary = field(init=False)
+    as_of: Date = field(init=False)
+    memo: dict = field(init=False)  # policy._memo (see _options)
+
+    def __post_init__(self) -> None:
+        self.vocab = self.criteria.vocabulary
+        self.as_of = self.referral.date
+        self.memo = self.policy._memo
 
     def dosing(self):
         """The dosing computation, once per referral (dosing and unit-cap leaves share it)."""
         if self._dosing is None:
-            from .dosing import assess
-
             limits = self.policy.dosing_node(self.referral.request.request_type) or NO_LIMITS
-            self._dosing = assess(self.referral, self.criteria.products, limits, self.warnings)
+            self._dosing = assess_dosing(self.referral, self.criteria.products, limits, self.warnings)
         return self._dosing
 
-    @property
-    def vocab(self) -> P.Vocabulary:
-        return self.criteria.vocabulary
-
-    @property
-    def as_of(self) -> Date:
-        return self.referral.date
+    def facts(self):
+        """What safety rules look at (safety leaves and the safety screen share it)."""
+        if self._facts is None:
+            self._facts = safety_facts(self.referral, self.vocab)
+        return self._facts
 
     def members(self, class_id: str) -> list[tuple[int, Treatment, str]]:
         """Treatments that are systemic members of a drug class (asked by several leaves: cached)."""
@@ -167,7 +208,11 @@ class Context:
         return found
 
     def evidence(self, i: int, t: Treatment) -> Evidence:
-        return Evidence("treatment", i, treatment_summary(t, self.as_of))
+        # Several leaves may cite the same treatment: one (immutable) Evidence serves them all.
+        found = self._evidence.get(i)
+        if found is None:
+            found = self._evidence[i] = Evidence("treatment", i, treatment_summary(t, self.as_of))
+        return found
 
 
 def resolve_treatments(referral: Referral, vocab: P.Vocabulary, warnings: list[str]) -> list:
@@ -182,7 +227,8 @@ def resolve_treatments(referral: Referral, vocab: P.Vocabulary, warnings: list[s
 
 
 def make_context(referral: Referral, criteria: P.Criteria, policy: P.Policy, warnings: list[str]) -> Context:
-    return Context(referral, criteria, policy, warnings, resolve_treatments(referral, criteria.vocabulary, warnings))
+    return Context(referral, criteria, policy, warnings, resolve_treatments(referral, criteria.vocabulary, warnings),
+                   policy.verified_nodes)
 
 
 # ------------------------------------------------------------------ leaves
@@ -198,16 +244,18 @@ def _diagnosis_covered(node: P.DiagnosisCovered, ctx: Context) -> Result:
 
 
 def _finding(node: P.FindingLeaf, ctx: Context) -> Result:
-    kinds = " or ".join(humanize(k) for k in node.kinds)
-    accepted = [(i, f) for i, f in enumerate(ctx.referral.findings) if f.kind in node.kinds]
-    supporting = [(i, f) for i, f in accepted if f.supports_diagnosis]
-    if supporting:
-        ev = [Evidence("finding", i, _finding_summary(f)) for i, f in supporting]
+    kinds = _options(ctx, node, "kinds")
+    accepted, ev = [], []
+    for i, f in enumerate(ctx.referral.findings):
+        if f.kind in node.kinds:
+            accepted.append(f)
+            if f.supports_diagnosis:
+                ev.append(Evidence("finding", i, _finding_summary(f)))
+    if ev:
         return _leaf(node, MET, f"confirmed by {len(ev)} finding(s) of an accepted kind ({kinds})", ev)
-    others = sorted({humanize(f.kind) for f in ctx.referral.findings if f.supports_diagnosis})
     if accepted:
-        why = f"the {', '.join(humanize(f.kind) for _, f in accepted)} on file do(es) not support the diagnosis"
-    elif others:
+        why = f"the {', '.join(humanize(f.kind) for f in accepted)} on file do(es) not support the diagnosis"
+    elif others := sorted({humanize(f.kind) for f in ctx.referral.findings if f.supports_diagnosis}):
         why = f"only {', '.join(others)} on file, which this policy does not accept as confirmation"
     else:
         why = "no diagnostic finding is documented"
@@ -217,43 +265,56 @@ def _finding(node: P.FindingLeaf, ctx: Context) -> Result:
 
 def _finding_summary(f) -> str:
     parts = [humanize(f.kind)]
-    if f.date:
-        parts.append(str(f.date))
-    if f.result:
-        parts.append(f.result)
+    if day := f.date:
+        parts.append(str(day))
+    if result := f.result:
+        parts.append(result)
     return ", ".join(parts)
 
 
+def _trial_texts(ctx: Context, node: P.DrugTrial) -> tuple[str, str]:
+    """(class label, outcomes wanted) of a drug-trial leaf: made once per node and vocabulary
+    (a referral asks for several trials, a batch for many referrals)."""
+    key = (id(node), "trial")
+    hit = ctx.memo.get(key)
+    if hit is None or hit[0] is not node or hit[1] is not ctx.vocab:
+        hit = ctx.memo[key] = (node, ctx.vocab, ctx.vocab.label(node.drug_class), _options(ctx, node, "outcomes"))
+    return hit[2], hit[3]
+
+
 def _drug_trial(node: P.DrugTrial, ctx: Context) -> Result:
-    label = ctx.vocab.label(node.drug_class)
-    wanted = " or ".join(humanize(o) for o in node.outcomes)
+    label, wanted = _trial_texts(ctx, node)
     qualifying: dict[str, list[Evidence]] = {}
     undecided: dict[str, list[str]] = {}
     near_misses: list[str] = []
+    outcomes = node.outcomes
     for i, t, generic in ctx.members(node.drug_class):
-        if t.outcome is None:
+        outcome = t.outcome
+        if outcome is None:
             undecided.setdefault(generic, []).append(f"outcome of the {t.drug} trial (inadequate response, intolerance, flare on taper, response)")
             continue
-        rule = node.outcomes.get(t.outcome)
+        rule = outcomes.get(outcome)
         if rule is None:
             continue
-        if rule.min_weeks:
-            if t.start_date is None:
+        min_weeks = rule.min_weeks
+        if min_weeks:
+            start = t.start_date
+            if start is None:
                 undecided.setdefault(generic, []).append(f"start date of the {t.drug} trial")
                 continue
             end = t.end_date or ctx.as_of
-            if not lasted_at_least(t.start_date, end, rule.min_weeks):
-                near_misses.append(f"{t.drug} lasted {weeks_between(t.start_date, end):g} weeks, "
-                                   f"fewer than the {rule.min_weeks:g} required")
+            if not lasted_at_least(start, end, min_weeks):
+                near_misses.append(f"{t.drug} lasted {weeks_between(start, end):g} weeks, "
+                                   f"fewer than the {min_weeks:g} required")
                 continue
         qualifying.setdefault(generic, []).append(ctx.evidence(i, t))
 
     n = node.min_distinct
-    noun = f"{n} different {label}s" if n > 1 else f"a {label}"
     if len(qualifying) >= n:
         ev = [e for evs in qualifying.values() for e in evs]
         return _leaf(node, MET, f"{', '.join(sorted(qualifying))}: {wanted} documented ({len(qualifying)} of {n} needed)", ev)
-    open_ = {g: m for g, m in undecided.items() if g not in qualifying}
+    noun = f"{n} different {label}s" if n > 1 else f"a {label}"
+    open_ = {g: m for g, m in undecided.items() if g not in qualifying} if undecided else {}
     if len(qualifying) + len(open_) >= n:
         missing = [m for ms in open_.values() for m in ms]
         return _leaf(node, UNKNOWN, f"{', '.join(sorted(open_))} could qualify as {noun} with {wanted}, "
@@ -283,12 +344,11 @@ def _contraindication(node: P.ContraindicationLeaf, ctx: Context) -> Result:
 
 def _clinical_course(node: P.ClinicalCourse, ctx: Context) -> Result:
     course = ctx.referral.clinical_course
-    wanted = " or ".join(humanize(v) for v in node.values)
     if course in node.values:
         return _leaf(node, MET, f"the prescriber states the disease course is {humanize(course)}",
                      [Evidence("referral", None, f"clinical course: {humanize(course)}")])
     stated = f"stated as {humanize(course)}" if course else "not stated"
-    return _leaf(node, NOT_MET, f"the clinical course is {stated}, not {wanted}")
+    return _leaf(node, NOT_MET, f"the clinical course is {stated}, not {_options(ctx, node, 'values')}")
 
 
 def _therapy_ongoing(node: P.TherapyOngoing, ctx: Context) -> Result:
@@ -312,7 +372,7 @@ def _first_line(node: P.FirstLine, ctx: Context) -> Result:
 
 def _dosing(node: P.Dosing, ctx: Context) -> Result:
     check = ctx.dosing()
-    return _leaf(node, check.status, check.reason, check.evidence, check.missing)
+    return _leaf(node, check.status, check.reason, list(check.evidence), list(check.missing))
 
 
 def _unit_cap(node: P.UnitCap, ctx: Context) -> Result:
@@ -377,12 +437,12 @@ def _prescriber_specialty(node: P.PrescriberSpecialty, ctx: Context) -> Result:
 
 def _site_of_care(node: P.SiteOfCare, ctx: Context) -> Result:
     site = ctx.referral.request.site_of_care
-    allowed = ", ".join(humanize(a) for a in node.allowed)
     if site is None:
         return _leaf(node, UNKNOWN, "the site of care is not stated", missing=["the planned site of care"])
     if site in node.allowed:
         return _leaf(node, MET, f"{humanize(site)} is an approved site of care",
                      [Evidence("request", None, f"site of care: {humanize(site)}")])
+    allowed = _options(ctx, node, "allowed", ", ")
     return _leaf(node, NOT_MET, f"{humanize(site)} is not an approved site of care ({allowed})",
                  missing=[node.document] if node.document else [])
 
@@ -472,7 +532,7 @@ def _taper_attempt(node: P.TaperAttempt, ctx: Context) -> Result:
     label = ctx.vocab.label(node.drug_class)
     if start is None:
         return _undated_course(node, ctx, label)
-    due = start + relativedelta(months=node.after_months)
+    due = add_months(start, node.after_months)
     if due > ctx.as_of:
         return _leaf(node, MET, f"not yet required: {label} began {start}; a taper attempt is expected from {due}")
     courses = _courses(ctx, node.drug_class)
@@ -497,11 +557,10 @@ def _taper_attempt(node: P.TaperAttempt, ctx: Context) -> Result:
 
 
 def _safety(node: P.SafetyLeaf, ctx: Context) -> Result:
-    from .safety import screen
-
     rule = ctx.criteria.safety.rules[node.rule]
     found = ctx.criteria.products.find(ctx.referral.request.product)
-    s = screen(node.rule, rule, ctx.referral, ctx.vocab, found[0] if found else None)
+    s = safety_screen(node.rule, rule, ctx.referral, ctx.vocab, found[0] if found else None,
+                      ctx.facts() if rule.when is not None else None)
     ev = [Evidence(k, i, text) for k, i, text in s.evidence]
     if s.status == "risk":
         return _leaf(node, NOT_MET, s.message, ev)
@@ -537,12 +596,13 @@ def evaluate_node(node: Any, ctx: Context) -> Result:
     leaf = LEAVES.get(type(node))
     if leaf is not None:
         result = leaf(node, ctx)
-        # An unconfirmed rule matters when it is relied on, or when it blocks: an unmet
-        # pathway among others decides nothing by itself.
-        matters = result.status != NOT_MET or not node.pathway
-        if matters and not ctx.policy.is_verified(node):
-            ctx.warnings.append(f"rule {node.id!r} ({node.label}) is not confirmed in a published source "
-                                f"(verified: false): {result.status.replace('_', ' ')}")
+        if id(node) not in ctx.verified:  # most rules are confirmed: the cheap question first
+            # An unconfirmed rule matters when it is relied on, or when it blocks: an unmet
+            # pathway among others decides nothing by itself.
+            matters = result.status != NOT_MET or not node.pathway
+            if matters and not ctx.policy.is_verified(node):
+                ctx.warnings.append(f"rule {node.id!r} ({node.label}) is not confirmed in a published source "
+                                    f"(verified: false): {result.status.replace('_', ' ')}")
         return result
     kids = [evaluate_node(child, ctx) for child in P.children(node)]
     statuses = [k.status for k in kids]
@@ -552,26 +612,32 @@ def evaluate_node(node: Any, ctx: Context) -> Result:
         status = kleene_any(statuses)
     else:
         status = kleene_at_least(node.at_least, statuses)
-    deciding = [k for k in kids if k.status == status]
-    reason = _combined_reason(node, status, kids, deciding)
+    reason = _combined_reason(node, status, kids)
     # What to document matters only while the answer is still open or blocked elsewhere:
     # once an any_of is met, its unknown siblings need nothing.
-    missing = [] if status == MET else _unique(m for k in kids for m in k.missing)
-    if node.document and status == UNKNOWN:
+    if status == MET:
+        missing = ()
+    elif node.document and status == UNKNOWN:
         missing = [node.document]
-    return Result(node, status, reason, [], missing, kids)
+    else:
+        missing = _unique([m for k in kids for m in k.missing]) or ()
+    return Result(node, status, reason, (), missing, kids)
 
 
-def _combined_reason(node, status, kids, deciding) -> str:
-    names = ", ".join(k.node.label for k in deciding)
-    if isinstance(node, P.AnyOf):
-        return {MET: f"met through: {names}", UNKNOWN: f"could be met once documented: {names}",
-                NOT_MET: "none of the options is met"}[status]
+def _combined_reason(node, status, kids) -> str:
+    # Only the sentence for the status reached is built.
     if isinstance(node, P.AtLeast):
         met = sum(k.status == MET for k in kids)
         return f"{met} of the {node.at_least} required are met"
-    return {MET: "every part is met", UNKNOWN: f"still to be documented: {names}",
-            NOT_MET: f"not met: {names}"}[status]
+    if isinstance(node, P.AnyOf):
+        if status == NOT_MET:
+            return "none of the options is met"
+        lead = "met through: " if status == MET else "could be met once documented: "
+    else:
+        if status == MET:
+            return "every part is met"
+        lead = "still to be documented: " if status == UNKNOWN else "not met: "
+    return lead + ", ".join([k.node.label for k in kids if k.status == status])
 
 
 def _unique(items: Iterable[str]) -> list[str]:

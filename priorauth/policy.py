@@ -54,6 +54,9 @@ def name_key(name: str) -> str:
     return re.sub(r"\s+", " ", name.strip().casefold())
 
 
+NAME_CACHE_SIZE = 10_000  # names remembered per vocabulary / product table (a bound on odd input)
+
+
 class Vocabulary(_Strict):
     classes: dict[str, DrugClass]
     drugs: dict[str, Drug]
@@ -68,7 +71,19 @@ class Vocabulary(_Strict):
 
     def generic(self, name: str) -> Optional[str]:
         """Generic name for a generic, brand or alias name (case-insensitive); None if unknown."""
-        return self._index.get(name_key(name))
+        # The same few names come back on every referral: remember the answer per spelling.
+        cache = self._generic_cache
+        try:
+            return cache[name]
+        except (KeyError, TypeError):
+            found = self._index.get(name_key(name))
+            if type(name) is str and len(cache) < NAME_CACHE_SIZE:
+                cache[name] = found
+            return found
+
+    @cached_property
+    def _generic_cache(self) -> dict[str, Optional[str]]:
+        return {}
 
     @cached_property
     def _members(self) -> dict[str, frozenset[str]]:
@@ -84,13 +99,29 @@ class Vocabulary(_Strict):
 
     def in_class(self, generic: str, class_id: str, route: Optional[str]) -> bool:
         """Is this drug, by this route, a systemic member of the class?"""
-        drug = self.drugs[generic]
-        route = route or drug.default_route
-        wanted = self.members(class_id)
-        return any(c in wanted and route in self.classes[c].systemic_routes for c in drug.classes if c in self.classes)
+        key = (generic, class_id, route)
+        found = self._in_class_cache.get(key)  # few drugs, classes and routes: remember each answer
+        if found is None:
+            drug = self.drugs[generic]
+            route = route or drug.default_route
+            wanted = self.members(class_id)
+            found = any(c in wanted and route in self.classes[c].systemic_routes
+                        for c in drug.classes if c in self.classes)
+            if len(self._in_class_cache) < NAME_CACHE_SIZE:
+                self._in_class_cache[key] = found
+        return found
+
+    @cached_property
+    def _in_class_cache(self) -> dict[tuple, bool]:
+        return {}
 
     def label(self, class_id: str) -> str:
-        return self.classes[class_id].label if class_id in self.classes else class_id.replace("_", " ")
+        found = self._labels.get(class_id)
+        return found if found is not None else class_id.replace("_", " ")
+
+    @cached_property
+    def _labels(self) -> dict[str, str]:
+        return {cid: c.label for cid, c in self.classes.items()}
 
 
 class BillingUnit(_Strict):
@@ -125,8 +156,19 @@ class ProductTable(_Strict):
         return {name_key(n): brand for brand, p in self.products.items() for n in (brand, *p.aliases)}
 
     def find(self, name: str) -> Optional[tuple[str, Product]]:
-        brand = self._index.get(name_key(name))
-        return (brand, self.products[brand]) if brand else None
+        cache = self._find_cache  # asked several times a referral, for the same few names
+        try:
+            return cache[name]
+        except (KeyError, TypeError):
+            brand = self._index.get(name_key(name))
+            found = (brand, self.products[brand]) if brand else None
+            if type(name) is str and len(cache) < NAME_CACHE_SIZE:
+                cache[name] = found
+            return found
+
+    @cached_property
+    def _find_cache(self) -> dict[str, Optional[tuple[str, Product]]]:
+        return {}
 
 
 # ------------------------------------------------------------------ policy tree
@@ -353,7 +395,15 @@ class Policy(_Strict):
 
     def covers(self, code: str) -> bool:
         # A listed code covers itself and every code below it (M33.1 -> M33.10 ... M33.19).
-        return code.startswith(tuple(self.covered_codes)) and not code.startswith(tuple(self.excluded_codes or ["~"]))
+        return code.startswith(self._covered_prefixes) and not code.startswith(self._excluded_prefixes)
+
+    @cached_property
+    def _covered_prefixes(self) -> tuple[str, ...]:
+        return tuple(self.covered_codes)
+
+    @cached_property
+    def _excluded_prefixes(self) -> tuple[str, ...]:
+        return tuple(self.excluded_codes or ["~"])
 
     def nodes(self) -> list[Any]:
         return list(walk(self.criteria)) + (list(walk(self.continuation)) if self.continuation else [])
@@ -380,6 +430,18 @@ class Policy(_Strict):
     def verified_nodes(self) -> frozenset[int]:
         """ids of the node objects whose rule is confirmed (see is_verified), worked out once."""
         return frozenset(id(n) for n in self.nodes() if self.is_verified(n))
+
+    @cached_property
+    def _node_fields(self) -> dict[int, tuple]:
+        """(node, id, label, pathway, source, verified) of each node, by id(node): what a
+        determination lists for it, looked up once per policy rather than once per referral."""
+        verified = self.verified_nodes
+        return {id(n): (n, n.id, n.label, n.pathway, n.source, id(n) in verified) for n in self.nodes()}
+
+    @cached_property
+    def _memo(self) -> dict:
+        """Values the evaluator derives from this policy's nodes alone, kept for the next referral."""
+        return {}
 
     def is_verified(self, node: Any) -> bool:
         """A rule is unconfirmed if marked so, or if it cites a source marked so."""
@@ -505,6 +567,13 @@ class SafetyWhen(_Strict):
     age_at_least: Optional[int] = None
     bmi_at_least: Optional[float] = None
 
+    @cached_property
+    def _checks(self) -> tuple:
+        """(age_at_least, bmi_at_least, code prefixes, drug_classes, case-folded phrases): what
+        safety._risk_factors asks, derived once rather than on every screen."""
+        return (self.age_at_least, self.bmi_at_least, tuple(self.diagnosis_codes), self.drug_classes,
+                tuple(w.casefold() for w in self.text))
+
 
 class SafetyRequire(_Strict):
     """Evidence that must be on file: an assessment of these measures, or a finding naming them."""
@@ -512,6 +581,10 @@ class SafetyRequire(_Strict):
     measures: list[str] = []
     text: list[str] = []
     within_days: Optional[int] = Field(default=None, gt=0)
+
+    @cached_property
+    def _phrases(self) -> tuple[str, ...]:
+        return tuple(w.casefold() for w in self.text)
 
 
 class SafetyRule(_Strict):
@@ -528,6 +601,11 @@ class SafetyRule(_Strict):
 
 class SafetyRules(_Strict):
     rules: dict[str, SafetyRule]
+
+    @cached_property
+    def _applicable(self) -> dict[tuple, list[tuple[str, SafetyRule]]]:
+        """The rules that apply to a (therapy, product): filled in by safety.screen_all."""
+        return {}
 
 
 @dataclass

@@ -12,7 +12,7 @@ from .dosing import bmi
 from .referral import Referral
 
 
-@dataclass
+@dataclass(slots=True)
 class Screen:
     rule_id: str
     rule: P.SafetyRule
@@ -24,12 +24,19 @@ class Screen:
 
 def _texts(ref: Referral) -> list[tuple[str, int, str]]:
     """Free text where a clinic writes conditions, case-folded: (kind, index, text)."""
-    out = [("diagnosis", i, d.description) for i, d in enumerate(ref.diagnoses)]
-    out += [("contraindication", i, f"{c.drug or ''} {c.drug_class or ''} {c.reason}")
-            for i, c in enumerate(ref.contraindications)]
-    out += [("finding", i, f.result) for i, f in enumerate(ref.findings)]
-    out += [("treatment", i, t.details) for i, t in enumerate(ref.treatments)]
-    return [(k, i, t.casefold()) for k, i, t in out if t]
+    out = []
+    for i, d in enumerate(ref.diagnoses):
+        if text := d.description:
+            out.append(("diagnosis", i, text.casefold()))
+    for i, c in enumerate(ref.contraindications):
+        out.append(("contraindication", i, f"{c.drug or ''} {c.drug_class or ''} {c.reason}".casefold()))
+    for i, f in enumerate(ref.findings):
+        if text := f.result:
+            out.append(("finding", i, text.casefold()))
+    for i, t in enumerate(ref.treatments):
+        if text := t.details:
+            out.append(("treatment", i, text.casefold()))
+    return out
 
 
 def age_years(birth: date, on: date) -> int:
@@ -41,7 +48,7 @@ def age_years(birth: date, on: date) -> int:
     return on.year - birth.year - ((on.month, on.day) < (birth.month, day))
 
 
-@dataclass
+@dataclass(slots=True)
 class Facts:
     """What every rule looks at, worked out once per referral."""
 
@@ -53,51 +60,63 @@ class Facts:
 
 
 def facts(ref: Referral, vocab: P.Vocabulary) -> Facts:
-    p = ref.patient
+    p, on = ref.patient, ref.date
     current = []
     for i, t in enumerate(ref.treatments):
-        generic = vocab.generic(t.drug)
-        if generic and (t.end_date is None or t.end_date >= ref.date):
-            current.append((i, generic, t.route, t.drug))
-    return Facts(ref, age_years(p.birth_date, ref.date),
-                 bmi(p.weight_kg, p.height_cm) if p.weight_kg and p.height_cm else None, _texts(ref), current)
+        name = t.drug
+        generic = vocab.generic(name)
+        if generic and ((end := t.end_date) is None or end >= on):
+            current.append((i, generic, t.route, name))
+    weight, height = p.weight_kg, p.height_cm
+    return Facts(ref, age_years(p.birth_date, on), bmi(weight, height) if weight and height else None,
+                 _texts(ref), current)
 
 
 def _risk_factors(when: P.SafetyWhen, f: Facts, vocab: P.Vocabulary) -> tuple[list[str], list]:
+    age_at_least, bmi_at_least, prefixes, drug_classes, phrases = when._checks
     factors, evidence = [], []
-    ref = f.ref
-    if when.age_at_least is not None and f.age >= when.age_at_least:
+    if age_at_least is not None and f.age >= age_at_least:
         factors.append(f"age {f.age}")
-    if when.bmi_at_least is not None and f.bmi is not None and f.bmi >= when.bmi_at_least:
+    if bmi_at_least is not None and f.bmi is not None and f.bmi >= bmi_at_least:
         factors.append(f"BMI {f.bmi:.1f}")
-    for i, d in enumerate(ref.diagnoses):
-        if when.diagnosis_codes and d.code.startswith(tuple(when.diagnosis_codes)):
-            factors.append(d.code + (f" {d.description}" if d.description else ""))
-            evidence.append(("diagnosis", i, d.code))
-    for i, generic, route, name in f.current:
-        if any(vocab.in_class(generic, c, route) for c in when.drug_classes):
-            factors.append(f"{name} being taken")
-            evidence.append(("treatment", i, name))
-    phrases = [w.casefold() for w in when.text]
-    for kind, i, text in f.texts:
-        hit = next((w for w in phrases if w in text), None)
-        if hit:
-            factors.append(f"'{hit}' in {kind} {i + 1}")
-            evidence.append((kind, i, hit))
-    return list(dict.fromkeys(factors)), evidence
+    if prefixes:
+        for i, d in enumerate(f.ref.diagnoses):
+            code = d.code
+            if code.startswith(prefixes):
+                factors.append(code + (f" {d.description}" if d.description else ""))
+                evidence.append(("diagnosis", i, code))
+    if drug_classes:
+        for i, generic, route, name in f.current:
+            if any(vocab.in_class(generic, c, route) for c in drug_classes):
+                factors.append(f"{name} being taken")
+                evidence.append(("treatment", i, name))
+    if phrases:
+        for kind, i, text in f.texts:
+            for hit in phrases:  # the first phrase found names the factor
+                if hit in text:
+                    if hit:
+                        factors.append(f"'{hit}' in {kind} {i + 1}")
+                        evidence.append((kind, i, hit))
+                    break
+    return (list(dict.fromkeys(factors)) if factors else factors), evidence
 
 
 def _has_evidence(req: P.SafetyRequire, ref: Referral) -> list:
     since = ref.date - timedelta(days=req.within_days) if req.within_days else None
+    on = ref.date
 
     def recent(d) -> bool:
-        return since is None or (d is not None and since <= d <= ref.date)
+        return since is None or (d is not None and since <= d <= on)
 
     found = [("assessment", i, f"{a.measure} {a.value:g} on {a.date}") for i, a in enumerate(ref.assessments)
              if a.measure in req.measures and recent(a.date)]
-    phrases = [w.casefold() for w in req.text]
-    found += [("finding", i, f.result or f.kind) for i, f in enumerate(ref.findings)
-              if f.result and recent(f.date) and any(w in f.result.casefold() for w in phrases)]
+    phrases = req._phrases
+    if phrases:
+        for i, f in enumerate(ref.findings):
+            if f.result and recent(f.date):
+                text = f.result.casefold()
+                if any(w in text for w in phrases):
+                    found.append(("finding", i, f.result or f.kind))
     return found
 
 
@@ -109,22 +128,29 @@ def applies(rule: P.SafetyRule, ref: Referral, product: Optional[str]) -> bool:
 
 def screen(rule_id: str, rule: P.SafetyRule, ref: Referral, vocab: P.Vocabulary, product: Optional[str],
            known: Optional[Facts] = None) -> Screen:
-    if rule.when is not None:
-        factors, evidence = _risk_factors(rule.when, known or facts(ref, vocab), vocab)
+    when = rule.when
+    if when is not None:
+        factors, evidence = _risk_factors(when, known or facts(ref, vocab), vocab)
         if factors:
             message = rule.message.format(factors=", ".join(factors), product=product or ref.request.product)
             return Screen(rule_id, rule, "risk", message, factors, evidence)
-    if rule.require is not None:
-        evidence = _has_evidence(rule.require, ref)
+    require = rule.require
+    if require is not None:
+        evidence = _has_evidence(require, ref)
         if not evidence:
             return Screen(rule_id, rule, "missing", rule.message.format(factors="", product=product or ""), [], [])
         return Screen(rule_id, rule, "ok", f"{rule.label}: documented", [], evidence)
     return Screen(rule_id, rule, "ok", f"{rule.label}: none documented", [], [])
 
 
-def screen_all(ref: Referral, criteria: P.Criteria) -> list[Screen]:
+def screen_all(ref: Referral, criteria: P.Criteria, known: Optional[Facts] = None) -> list[Screen]:
     found = criteria.products.find(ref.request.product)
     product = found[0] if found else None
-    known = facts(ref, criteria.vocabulary)
-    return [screen(rid, rule, ref, criteria.vocabulary, product, known)
-            for rid, rule in criteria.safety.rules.items() if applies(rule, ref, product)]
+    known = known or facts(ref, criteria.vocabulary)
+    # Which rules apply depends on the therapy and product alone: worked out once for each.
+    key = (ref.request.therapy, product)
+    rules = criteria.safety._applicable.get(key)
+    if rules is None:
+        rules = criteria.safety._applicable[key] = [(rid, rule) for rid, rule in criteria.safety.rules.items()
+                                                    if applies(rule, ref, product)]
+    return [screen(rid, rule, ref, criteria.vocabulary, product, known) for rid, rule in rules]
