@@ -6,9 +6,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Optional
 
+from dateutil.relativedelta import relativedelta
+
 from . import policy as P
 from .dosing import compute as compute_dosing
-from .evaluate import (MET, NOT_MET, NO_LIMITS, UNKNOWN, Result, add_months, evaluate_node, make_context,
+from .evaluate import (MET, NOT_MET, NO_LIMITS, UNKNOWN, Result, evaluate_node, make_context,
                        resolve_treatments)
 from .referral import Referral
 from .safety import screen_all
@@ -82,7 +84,7 @@ class Determination:
         if self.determination != "meets_criteria" or auth is None:
             return None
         start = self.referral.request.start_date or self.referral.date
-        end = add_months(start, auth.months) - timedelta(days=1)
+        end = start + relativedelta(months=auth.months) - timedelta(days=1)
         return {"start": start.isoformat(), "end": end.isoformat(), "months": auth.months,
                 "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat()}
 

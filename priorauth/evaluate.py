@@ -7,10 +7,11 @@ uses, and with what parameters, comes from `criteria/`.
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass, field
 from datetime import date as Date
 from typing import Any, Callable, Iterable, Optional, Sequence
+
+from dateutil.relativedelta import relativedelta
 
 from . import policy as P
 from .dosing import assess as assess_dosing
@@ -116,17 +117,8 @@ def weeks_between(start: Date, end: Date) -> float:
 
 def lasted_at_least(start: Date, end: Date, weeks: float) -> bool:
     # Weeks are exact day counts (4 weeks = 28 days, and exactly the minimum counts);
-    # calendar months (add_months) are kept for months and years, where day counts vary.
+    # relativedelta is kept for calendar months and years, where day counts vary.
     return (end - start).days >= round(weeks * 7)
-
-
-def add_months(day: Date, months: int) -> Date:
-    """`day + relativedelta(months=months)`, without building a relativedelta: the same
-    month arithmetic, and the day capped at the end of a shorter month (31 Jan + 1 = 29 Feb)."""
-    year, month = divmod(day.year * 12 + day.month - 1 + months, 12)
-    month += 1
-    last = day.day if day.day <= 28 else min(day.day, calendar.monthrange(year, month)[1])
-    return day.replace(year=year, month=month, day=last)
 
 
 def humanize(value: str) -> str:
@@ -532,7 +524,7 @@ def _taper_attempt(node: P.TaperAttempt, ctx: Context) -> Result:
     label = ctx.vocab.label(node.drug_class)
     if start is None:
         return _undated_course(node, ctx, label)
-    due = add_months(start, node.after_months)
+    due = start + relativedelta(months=node.after_months)
     if due > ctx.as_of:
         return _leaf(node, MET, f"not yet required: {label} began {start}; a taper attempt is expected from {due}")
     courses = _courses(ctx, node.drug_class)
