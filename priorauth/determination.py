@@ -39,14 +39,10 @@ class Determination:
         """Every node of the policy tree, depth first, with its parent's id."""
         if self.result is None:
             return []
-        known = self.policy._node_fields
+        known = self.policy._node_fields  # every result's node is one of the policy's own
         out = []
         for r, parent in self.flat:
-            node = r.node
-            fields = known.get(id(node))
-            if fields is None or fields[0] is not node:  # not a node of this policy
-                fields = (node, node.id, node.label, node.pathway, node.source, id(node) in self.policy.verified_nodes)
-            _, node_id, label, pathway, source, verified = fields
+            _, node_id, label, pathway, source, verified = known[id(r.node)]
             out.append({
                 "id": node_id,
                 "label": label,

@@ -163,17 +163,18 @@ class Context:
     warnings: list[str]
     # (index, treatment, generic name or None) once, so each leaf need not look names up again
     treatments: list[tuple[int, Treatment, Optional[str]]] = field(default_factory=list)
-    verified: frozenset = frozenset()  # policy.verified_nodes: is_verified, worked out once per policy
     _dosing: Any = None
     _facts: Any = None
     _members: dict = field(default_factory=dict)
     _evidence: dict = field(default_factory=dict)  # treatment index -> Evidence
     # Plain attributes, not properties: the leaves ask for them often.
+    verified: frozenset = field(init=False)  # policy.verified_nodes: is_verified, once per policy
     vocab: P.Vocabulary = field(init=False)
     as_of: Date = field(init=False)
     memo: dict = field(init=False)  # policy._memo (see _options)
 
     def __post_init__(self) -> None:
+        self.verified = self.policy.verified_nodes
         self.vocab = self.criteria.vocabulary
         self.as_of = self.referral.date
         self.memo = self.policy._memo
@@ -219,8 +220,7 @@ def resolve_treatments(referral: Referral, vocab: P.Vocabulary, warnings: list[s
 
 
 def make_context(referral: Referral, criteria: P.Criteria, policy: P.Policy, warnings: list[str]) -> Context:
-    return Context(referral, criteria, policy, warnings, resolve_treatments(referral, criteria.vocabulary, warnings),
-                   policy.verified_nodes)
+    return Context(referral, criteria, policy, warnings, resolve_treatments(referral, criteria.vocabulary, warnings))
 
 
 # ------------------------------------------------------------------ leaves
@@ -588,11 +588,10 @@ def evaluate_node(node: Any, ctx: Context) -> Result:
     leaf = LEAVES.get(type(node))
     if leaf is not None:
         result = leaf(node, ctx)
-        if id(node) not in ctx.verified:  # most rules are confirmed: the cheap question first
-            # An unconfirmed rule matters when it is relied on, or when it blocks: an unmet
-            # pathway among others decides nothing by itself.
-            matters = result.status != NOT_MET or not node.pathway
-            if matters and not ctx.policy.is_verified(node):
+        # An unconfirmed rule (ctx.verified: the policy's verified_nodes) matters when it is
+        # relied on, or when it blocks: an unmet pathway among others decides nothing by itself.
+        if id(node) not in ctx.verified:
+            if result.status != NOT_MET or not node.pathway:
                 ctx.warnings.append(f"rule {node.id!r} ({node.label}) is not confirmed in a published source "
                                     f"(verified: false): {result.status.replace('_', ' ')}")
         return result
