@@ -145,11 +145,108 @@ def _tables_need_fixing_text(data: bytes) -> Optional[bool]:
     return False
 
 
+# Block tags whose effect on the XML is only to repeat or drop what they enclose.
+_BLOCK_TAG = re.compile(r"\{%-?\s*(\w+)")
+_REPEAT_OR_DROP = {"for": 1, "if": 1, "else": 0, "elif": 0, "endfor": -1, "endif": -1}
+
+
+def _balanced(source: str) -> bool:
+    """Do the block tags in `source` only repeat or drop parts of it, each closed inside it?"""
+    depth = 0
+    for name in _BLOCK_TAG.findall(source):
+        step = _REPEAT_OR_DROP.get(name)
+        if step is None:
+            return False
+        depth += step
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _rigid_tables(source: str) -> bool:
+    """Is every table of this body source rigid: each of its rows has exactly one plain cell
+    per grid column, whatever the context? Then a rendered table can only need
+    DocxTemplate.fix_tables when it has no row at all (_rows_missing), which is cheap to see.
+
+    Rigid here: `<w:tbl>` and `<w:tr>` / `<w:tc>` without attributes, no nested table, no
+    content control, custom XML or grid span; no template tag in the grid; block tags only
+    for / if (balanced) and only between rows or inside one cell. Values cannot add
+    elements: the text path runs only for an escaped template with no Jinja inside a tag.
+    """
+    if "<w:tbl " in source or "<w:tbl/>" in source or not _balanced(source):
+        return False
+    end = 0
+    while (start := source.find("<w:tbl>", end)) >= 0:
+        end = source.find("</w:tbl>", start)
+        if end < 0:
+            return False
+        table = source[start + 7:end]
+        grid_end = table.find("</w:tblGrid>")
+        if (grid_end < 0 or _TAG.search(table, 0, grid_end) or any(
+                bad in table for bad in ("<w:tbl>", "<w:sdt", "<w:customXml", "<w:gridSpan", "<w:tc ", "<w:tc/>",
+                                         "<w:tr ", "<w:tr/>"))):
+            return False
+        if not _balanced(table):  # so blocks between rows repeat or drop whole rows
+            return False
+        cols = table.count("<w:gridCol ", 0, grid_end) + table.count("<w:gridCol/>", 0, grid_end)
+        for _, row in _pieces(table[grid_end:], "<w:tr>", "</w:tr>"):
+            if row is None:
+                continue
+            cells = list(_pieces(row, "<w:tc>", "</w:tc>"))
+            if sum(cell is not None for _, cell in cells) != cols:
+                return False
+            if any(_TAG.search(outside) for outside, _ in cells) or not all(
+                    _balanced(cell) for _, cell in cells if cell is not None):
+                return False
+    return True
+
+
+def _pieces(text: str, start_tag: str, end_tag: str):
+    """(text outside the elements, None) and (text between the tags of one element, its
+    content) in order; elements of this kind must not nest."""
+    at = 0
+    while (start := text.find(start_tag, at)) >= 0:
+        end = text.find(end_tag, start)
+        if end < 0:
+            yield text[at:], None
+            return
+        yield text[at:start], None
+        yield "", text[start + len(start_tag):end]
+        at = end + len(end_tag)
+    yield text[at:], None
+
+
+def _rows_missing(data: bytes) -> bool:
+    """For a body whose tables are all rigid: does any rendered table have no row?"""
+    end = 0
+    while (start := data.find(b"<w:tbl>", end)) >= 0:
+        end = data.find(b"</w:tbl>", start)
+        if end < 0 or data.find(b"<w:tr>", start, end) < 0:
+            return True
+    return False
+
+
+_TAG_TEXT = re.compile(r"\{[{%#].*?[}%#]\}", re.S)
+
+
+def _jinja_source(patched: str, env: Any) -> str:
+    """The Jinja source of a patched part. docxtpl puts a newline before every paragraph
+    before compiling and takes "\n<w:p" out again after rendering (for its line-based tags).
+    When the part has no newline of its own, no template tag spells "<w:p" and the
+    environment has no line statements or other newline sequence, that round trip changes
+    nothing: the newlines are left out, and rendering has none to take out (a pass saved)."""
+    if ("\n" in patched or env.line_statement_prefix is not None or env.line_comment_prefix is not None
+            or env.newline_sequence != "\n" or any("<w:p" in t for t in _TAG_TEXT.findall(patched))):
+        return _PARA.sub(r"\n<w:p\1", patched)
+    return patched
+
+
 def _maybe_empty(source: str) -> list[bytes]:
     return sorted({name.encode() for name in _MAYBE_EMPTY.findall(source)})
 
 
-def _as_lxml_writes(xml: str, maybe_empty: Sequence[bytes], body: bool = False) -> Optional[bytes]:
+def _as_lxml_writes(xml: str, maybe_empty: Sequence[bytes], body: bool = False, *,
+                    rigid_tables: bool = False, drawings: bool = True) -> Optional[bytes]:
     """etree.tostring(etree.fromstring(xml)) for a rendered part, computed on the text, or
     None when only a parser can tell.
 
@@ -159,19 +256,23 @@ def _as_lxml_writes(xml: str, maybe_empty: Sequence[bytes], body: bool = False) 
     empty) and markupsafe's escaped quotes (`&#39;` `&#34;` -> `'` `"`). Anything else a
     parser resolves or normalises (character and entity references, carriage returns,
     characters XML cannot hold) and drawings (renumbered) answer None; so do the body's
-    tables when DocxTemplate.fix_tables would change them (`body`).
+    tables when DocxTemplate.fix_tables would change them (`body`). What the template alone
+    settles is not searched for again in every letter: `rigid_tables` (_rigid_tables: only a
+    table without rows needs fixing), `drawings=False` (no docPr in the template: values
+    cannot make one).
     """
     try:
         data = xml.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: let lxml say what it says
         return None
-    if (b"docPr" in data or len(data.translate(None, _NOT_XML_TEXT)) != len(data)
+    if ((drawings and b"docPr" in data) or len(data.translate(None, _NOT_XML_TEXT)) != len(data)
             or _NONCHARACTER.search(data) or _OTHER_REFERENCE.search(data)
-            or (body and _tables_need_fixing_text(data) is not False)):
+            or (body and (_rows_missing(data) if rigid_tables else _tables_need_fixing_text(data) is not False))):
         return None
     for name in maybe_empty:
         data = _collapse_empty(data, name)
-    return data.replace(b"&#39;", b"'").replace(b"&#34;", b'"')
+    # each search is a pass over ~40 KB; "#" (one byte, memchr) is rare in a letter
+    return data.replace(b"&#39;", b"'").replace(b"&#34;", b'"') if b"#" in data else data
 
 
 def _escape_text(value: str) -> Optional[bytes]:
@@ -207,15 +308,23 @@ class _Entry:
     data: bytes  # deflated (raw deflate stream, as zipfile writes it)
 
 
-# zlib's fastest level: a letter's document.xml deflates in a third of the default level's
-# time and comes out ~15% larger (a few KB). render.normalize_zip uses the same level, so both
-# paths write the same bytes.
+# zlib's fastest level for what is deflated per letter: document.xml deflates in a third of
+# the default level's time and comes out ~15% larger (a few KB). Parts of LARGE_PART bytes
+# and more get the best level: in a template those are the styles (~800 KB of XML, ~70% of a
+# letter's bytes at level 1), static, so FastDocx deflates them once; letters come out a
+# third smaller. render.normalize_zip uses the same rule, so both paths write the same bytes.
 DEFLATE_LEVEL = 1
+LARGE_PART = 64 * 1024
+
+
+def deflate_level(size: int) -> int:
+    """The zlib level for a part of `size` bytes (uncompressed)."""
+    return 9 if size >= LARGE_PART else DEFLATE_LEVEL
 
 
 def _deflate(data: bytes) -> bytes:
-    # What zipfile.ZipFile(..., ZIP_DEFLATED, compresslevel=DEFLATE_LEVEL) does.
-    c = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15)
+    # What zipfile.ZipFile(..., ZIP_DEFLATED, compresslevel=deflate_level(len(data))) does.
+    c = zlib.compressobj(deflate_level(len(data)), zlib.DEFLATED, -15)
     return c.compress(data) + c.flush()
 
 
@@ -295,7 +404,7 @@ class FastDocx:
         tpl = DocxTemplate(io.BytesIO(raw))
         tpl.render_init()
         self._tpl = tpl
-        body_src = _PARA.sub(r"\n<w:p\1", tpl.patch_xml(tpl.get_xml()))
+        body_src = _jinja_source(tpl.patch_xml(tpl.get_xml()), env)
         self._body = env.from_string(body_src)
         # The text path (document_xml) is exact only for an escaped body whose values all land
         # between tags: no autoescape, |safe, RichText ({{r ...}}) or Jinja inside a tag.
@@ -303,6 +412,8 @@ class FastDocx:
                            and not _NOT_ESCAPED.search(body_src))
         self._body_tags: dict[bytes, bytes] = {}
         self._maybe_empty = _maybe_empty(body_src)
+        self._rigid_tables = self._text_path and _rigid_tables(body_src)
+        self._drawings = "docPr" in body_src
         probe = serialize_part_xml(parse_xml(b"<probe/>"))
         self._declaration = probe[:probe.index(b"<probe/>")]  # what python-docx writes before a part
         self._document_name = tpl.docx.part.partname.membername
@@ -332,7 +443,7 @@ class FastDocx:
                 encoding = ref.get_headers_footers_encoding(xml)
                 patched = ref.patch_xml(xml)
                 if _TAG.search(patched):
-                    source = _PARA.sub(r"\n<w:p\1", patched)
+                    source = _jinja_source(patched, env)
                     self._parts.append(_Part(part.partname.membername, env.from_string(source), encoding,
                                              "header_footer", source, env.autoescape is True))
                 else:
@@ -344,7 +455,7 @@ class FastDocx:
             blob = part.blob.decode("utf-8") if isinstance(part.blob, bytes) else part.blob
             patched = ref.patch_xml(blob)
             if _TAG.search(patched):
-                source = _PARA.sub(r"\n<w:p\1", patched)
+                source = _jinja_source(patched, env)
                 self._parts.append(_Part(part.partname.membername, env.from_string(source), "utf-8", "raw",
                                          source, False))
             else:
@@ -389,8 +500,11 @@ class FastDocx:
 
     def _render_xml(self, template: Any, context: Mapping[str, Any]) -> str:
         # DocxTemplate.render_xml_part after its from_string (re.sub(r"\n<w:p([ >])", r"<w:p\1") as replaces)
-        xml = _render(template, context).replace("\n<w:p ", "<w:p ").replace("\n<w:p>", "<w:p>")
-        if "{_" in xml or "_}" in xml:
+        # (the one-character searches first: memchr, where a longer one is a slow pass over ~40 KB)
+        xml = _render(template, context)
+        if "\n" in xml:
+            xml = xml.replace("\n<w:p ", "<w:p ").replace("\n<w:p>", "<w:p>")
+        if ("{" in xml or "}" in xml) and ("{_" in xml or "_}" in xml):
             xml = xml.replace("{_{", "{{").replace("}_}", "}}").replace("{_%", "{%").replace("%_}", "%}")
         # resolve_listing only rewrites tabs, newlines, \a and \f: without any it is the identity
         listing = "\n" in xml or "\t" in xml or "\a" in xml or "\f" in xml
@@ -399,7 +513,8 @@ class FastDocx:
     def document_xml(self, context: Mapping[str, Any]) -> bytes:
         """word/document.xml for this context, as docxtpl + python-docx would write it."""
         xml = self._render_xml(self._body, context)
-        body = _as_lxml_writes(xml, self._maybe_empty, body=True) if self._text_path else None
+        body = _as_lxml_writes(xml, self._maybe_empty, body=True, rigid_tables=self._rigid_tables,
+                               drawings=self._drawings) if self._text_path else None
         if body is None:
             body = self._reserialised(xml)
         start = body.index(b">") + 1

@@ -818,7 +818,7 @@ def zip_date(as_of: Optional[str]) -> tuple:
 
 def normalize_zip(data: bytes, as_of: Optional[str]) -> bytes:
     """Rewrite a .docx with every entry dated the letter's date (not the clock): same input, same bytes."""
-    from .docx_fast import DEFLATE_LEVEL
+    from .docx_fast import deflate_level
 
     stamp = zip_date(as_of)
     src = zipfile.ZipFile(io.BytesIO(data))
@@ -828,7 +828,8 @@ def normalize_zip(data: bytes, as_of: Optional[str]) -> bytes:
             entry = zipfile.ZipInfo(info.filename, date_time=stamp)
             entry.compress_type = zipfile.ZIP_DEFLATED
             entry.external_attr = 0o600 << 16
-            dst.writestr(entry, src.read(info.filename), compresslevel=DEFLATE_LEVEL)
+            data = src.read(info.filename)
+            dst.writestr(entry, data, compresslevel=deflate_level(len(data)))
     return out.getvalue()
 
 

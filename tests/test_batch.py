@@ -645,7 +645,7 @@ def test_fast_docx_text_path_equals_lxml_or_steps_aside(tmp_path):
     path = tmp_path / "t.docx"
     d.save(path)
     fast = FastDocx(path, jinja_env("docx"), autoescape=True)
-    assert fast._text_path
+    assert fast._text_path and fast._rigid_tables and not fast._drawings
     for name, title, rows, text_path in [
         ("Siobhán \"Q\" O'Brien & <Sons> ]]>", "t", ["a", "b"], True),  # escaped quotes become characters
         ("  ", "", ["x"], True),  # whitespace-only text (the header's parser drops it: lxml path there)
@@ -655,8 +655,11 @@ def test_fast_docx_text_path_equals_lxml_or_steps_aside(tmp_path):
         ("x", "t", [], False),  # no rows: fix_tables changes the grid
     ]:
         ctx = {"name": name, "title": title, "empty": "", "rows": rows}
-        body = _as_lxml_writes(fast._render_xml(fast._body, ctx), fast._maybe_empty, body=True)
+        xml = fast._render_xml(fast._body, ctx)
+        body = _as_lxml_writes(xml, fast._maybe_empty, body=True)
         assert (body is not None) == text_path, name
+        # what the template settles (rigid tables, no drawings) gives the same answer, cheaper
+        assert _as_lxml_writes(xml, fast._maybe_empty, body=True, rigid_tables=True, drawings=False) == body
         tpl = DocxTemplate(path)
         try:
             tpl.render(ctx, jinja_env("docx"), autoescape=True)
@@ -667,6 +670,52 @@ def test_fast_docx_text_path_equals_lxml_or_steps_aside(tmp_path):
                 fast.render(ctx, (2026, 11, 20, 0, 0, 0))
             continue
         assert fast.render(ctx, (2026, 11, 20, 0, 0, 0)) == normalize_zip(buf.getvalue(), "2026-11-20"), name
+
+
+def test_rigid_tables_are_told_from_the_template_source():
+    from priorauth.docx_fast import _rigid_tables, _rows_missing
+
+    grid = "<w:tblGrid><w:gridCol w:w=\"1\"/><w:gridCol w:w=\"1\"/></w:tblGrid>"
+    cell = "<w:tc><w:p><w:r><w:t>{{ x }}</w:t></w:r></w:p></w:tc>"
+    row = f"<w:tr>{cell}{cell}</w:tr>"
+
+    def body(*tables: str) -> str:
+        return "<w:body>" + "".join(f"<w:tbl><w:tblPr/>{grid}{t}</w:tbl>" for t in tables) + "</w:body>"
+
+    rigid = [body(row), body(f"{row}{{% for r in rows %}}{row}{{% endfor %}}"),
+             body(f"{{% if a %}}{row}{{% else %}}{row}{row}{{% endif %}}"),
+             body(f"<w:tr>{cell}<w:tc>{{% for e in es %}}<w:p/>{{% endfor %}}</w:tc></w:tr>"),
+             "<w:body><w:p/></w:body>", body(row, f"{{% for r in rows %}}{row}{{% endfor %}}")]
+    not_rigid = [
+        body(f"<w:tr>{cell}</w:tr>"),  # a row narrower than the grid
+        body(f"<w:tr>{cell}{cell}{cell}</w:tr>"),  # wider
+        body(f"<w:tr>{{% if a %}}{cell}{{% endif %}}{cell}</w:tr>"),  # a conditional cell
+        body(f"<w:tr>{cell}<w:tc>{{% if a %}}<w:p/></w:tc></w:tr><w:tr>{cell}<w:tc>{{% endif %}}</w:tc></w:tr>"),
+        body(f"{{% for r in rows %}}{row}"),  # a block the table does not close
+        body(f"<w:tr>{cell}<w:tc><w:tcPr><w:gridSpan w:val=\"1\"/></w:tcPr><w:p/></w:tc></w:tr>"),
+        body(f"<w:tr>{cell}<w:tc><w:tbl>{grid}</w:tbl><w:p/></w:tc></w:tr>"),  # nested
+        body(f"{{% with y = 1 %}}{row}{{% endwith %}}"),  # a block that is not for / if
+        "<w:body><w:tbl><w:tblGrid>{% if a %}<w:gridCol/>{% endif %}<w:gridCol/></w:tblGrid></w:tbl></w:body>",
+        body(row).replace("<w:tr>", '<w:tr w:rsidR="1">'),
+        body(row).replace("<w:tbl>", '<w:tbl w:x="1">'),
+    ]
+    for source in rigid:
+        assert _rigid_tables(source), source
+    for source in not_rigid:
+        assert not _rigid_tables(source), source
+    assert not _rows_missing(b"<w:tbl><w:tblGrid/><w:tr></w:tr></w:tbl><w:tbl><w:tr></w:tr></w:tbl>")
+    assert _rows_missing(b"<w:tbl><w:tblGrid/><w:tr></w:tr></w:tbl><w:tbl><w:tblGrid/></w:tbl>")
+    assert _rows_missing(b"<w:tbl><w:tr>")  # cut short: the parser decides
+
+
+def test_the_letter_template_is_rendered_without_parsing(tmp_path):
+    """The bundled template takes the fast text path, tables and all: a regression in the
+    template (a drawing, a spanned cell) would make every batch letter slower, not wrong."""
+    from priorauth.docx_fast import FastDocx
+    from priorauth.render import jinja_env, template_path
+
+    fast = FastDocx(template_path("docx"), jinja_env("docx"), autoescape=True)
+    assert fast._text_path and fast._rigid_tables and not fast._drawings
 
 
 def test_body_text_checks_agree_with_the_xml():
@@ -722,14 +771,16 @@ def test_atomic_stream_replaces_whole_or_not_at_all(tmp_path):
 
 
 def test_write_zip_matches_zipfile():
-    from priorauth.docx_fast import DEFLATE_LEVEL, _entry, write_zip
+    from priorauth.docx_fast import LARGE_PART, _entry, deflate_level, write_zip
 
-    items = [("a.xml", b"<a/>" * 100), ("dir/b.bin", bytes(range(256)) * 3), ("empty", b"")]
+    items = [("a.xml", b"<a/>" * 100), ("dir/b.bin", bytes(range(256)) * 3), ("empty", b""),
+             ("big.xml", b"<w:style/>" * (LARGE_PART // 10 + 1))]
+    assert deflate_level(LARGE_PART) == 9 and deflate_level(LARGE_PART - 1) == 1
     ref = io.BytesIO()
     with zipfile.ZipFile(ref, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in items:
             info = zipfile.ZipInfo(name, date_time=(2026, 2, 3, 0, 0, 0))
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o600 << 16
-            z.writestr(info, data, compresslevel=DEFLATE_LEVEL)
+            z.writestr(info, data, compresslevel=deflate_level(len(data)))
     assert write_zip([_entry(n, d) for n, d in items], (2026, 2, 3, 0, 0, 0)) == ref.getvalue()
