@@ -20,7 +20,7 @@ enough of them (5,000 and 50,000 by default) that the fixed cost of a run (Pytho
 criteria, template preparation: under a second, printed below the table) does not stand in
 for the per-referral speed; every figure is still wall clock, start-up included.
 
-Usage:  .venv/bin/python bench/bench.py [--n 5000] [--naive 150] [--jsonl 50000] [--repeat 3]
+Usage:  .venv/bin/python bench/bench.py [--n 5000] [--naive 150] [--jsonl 50000] [--repeat 5]
         .venv/bin/python bench/bench.py --profile   # also: where the check path spends its time
 Writes the table to bench/RESULTS.md and prints it.
 """
@@ -179,7 +179,7 @@ def main() -> None:
     ap.add_argument("--naive", type=int, default=150, help="referrals for (a), the slow baseline")
     ap.add_argument("--jsonl", type=int, default=50000, help="referrals for (d)")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true", help="print a profile of the check path")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "RESULTS.md")
     a = ap.parse_args()
@@ -253,6 +253,15 @@ def main() -> None:
             inner = f"{r['in_run_seconds']:.2f}" if "in_run_seconds" in r else "-"
             lines.append(f"| {label} | {r['referrals']:,} | {r['letters']:,} | {r['seconds']:.2f} | {inner} | {rate} "
                          f"| {ratio} | {target} |")
+        # The same ratios round by round (each round runs everything once, back to back): how
+        # much of the best-of result is the machine's noise.
+        per_round = []
+        for i in range(a.repeat):
+            ra_, rb_, rc_ = (runs[k][i]["letters"] / runs[k][i]["seconds"] for k in ("a", "b", "c"))
+            d1_, d2_ = (runs[k][i]["referrals"] / runs[k][i]["seconds"] for k in ("d1", "d2"))
+            per_round.append(f"{rb_ / ra_:.1f}x / {rc_ / rb_:.2f}x / {d1_:,.0f} / {d2_ / 2:,.0f}")
+        lines += ["", "Round by round, (b) vs (a) / (c) vs (b) / (d) one job per s / (d) two jobs per s per core: "
+                      + "; ".join(per_round) + "."]
         lines += ["", f"Fixed cost of every run, in (b) to (d): `priorauth batch` over one referral with a letter takes "
                       f"{S['seconds']:.2f} s wall clock ({S['in_run_seconds']:.2f} s of it after Python's imports: "
                       f"criteria, template preparation, the manifest)."]

@@ -506,6 +506,10 @@ class _State:
         if not self.path.exists():
             os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, FILE_MODE))  # 0600 before sqlite writes
         self.db = sqlite3.connect(self.path)
+        # Pages of 16 KiB (for a new manifest; an existing one keeps its size): a result
+        # (~6 KB) then fits in its row's page instead of an overflow chain of 4 KiB pages;
+        # a batch commits ~20% faster (measured: 20,000 results, 4 KiB to 64 KiB pages).
+        self.db.execute("PRAGMA page_size=16384")
         # A rollback journal, not WAL: the manifest holds every result (~6 KB each), and WAL
         # writes each page twice (into the log, then the database); a rollback journal
         # writes new pages once. FULL: a crash, even a power loss, keeps the database

@@ -146,7 +146,7 @@ def _tables_need_fixing_text(data: bytes) -> Optional[bool]:
 
 
 # Block tags whose effect on the XML is only to repeat or drop what they enclose.
-_BLOCK_TAG = re.compile(r"\{%-?\s*(\w+)")
+_BLOCK_TAG = re.compile(r"\{%[-+]?\s*(\w+)")
 _REPEAT_OR_DROP = {"for": 1, "if": 1, "else": 0, "elif": 0, "endfor": -1, "endif": -1}
 
 
