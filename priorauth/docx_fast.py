@@ -407,13 +407,13 @@ class FastDocx:
         body_src = _jinja_source(tpl.patch_xml(tpl.get_xml()), env)
         self._body = env.from_string(body_src)
         # The text path (document_xml) is exact only for an escaped body whose values all land
-        # between tags: no autoescape, |safe, RichText ({{r ...}}) or Jinja inside a tag.
+        # between tags: no autoescape, |safe, RichText ({{r ...}}) or Jinja inside a tag; and
+        # without drawings (docPr), which docxtpl renumbers in every letter.
         self._text_path = (env.autoescape is True and not _JINJA_IN_TAG.search(body_src)
-                           and not _NOT_ESCAPED.search(body_src))
+                           and not _NOT_ESCAPED.search(body_src) and "docPr" not in body_src)
         self._body_tags: dict[bytes, bytes] = {}
         self._maybe_empty = _maybe_empty(body_src)
         self._rigid_tables = self._text_path and _rigid_tables(body_src)
-        self._drawings = "docPr" in body_src
         probe = serialize_part_xml(parse_xml(b"<probe/>"))
         self._declaration = probe[:probe.index(b"<probe/>")]  # what python-docx writes before a part
         self._document_name = tpl.docx.part.partname.membername
@@ -514,7 +514,7 @@ class FastDocx:
         """word/document.xml for this context, as docxtpl + python-docx would write it."""
         xml = self._render_xml(self._body, context)
         body = _as_lxml_writes(xml, self._maybe_empty, body=True, rigid_tables=self._rigid_tables,
-                               drawings=self._drawings) if self._text_path else None
+                               drawings=False) if self._text_path else None  # (no docPr: see __init__)
         if body is None:
             body = self._reserialised(xml)
         start = body.index(b">") + 1

@@ -645,7 +645,7 @@ def test_fast_docx_text_path_equals_lxml_or_steps_aside(tmp_path):
     path = tmp_path / "t.docx"
     d.save(path)
     fast = FastDocx(path, jinja_env("docx"), autoescape=True)
-    assert fast._text_path and fast._rigid_tables and not fast._drawings
+    assert fast._text_path and fast._rigid_tables
     for name, title, rows, text_path in [
         ("Siobhán \"Q\" O'Brien & <Sons> ]]>", "t", ["a", "b"], True),  # escaped quotes become characters
         ("  ", "", ["x"], True),  # whitespace-only text (the header's parser drops it: lxml path there)
@@ -670,6 +670,41 @@ def test_fast_docx_text_path_equals_lxml_or_steps_aside(tmp_path):
                 fast.render(ctx, (2026, 11, 20, 0, 0, 0))
             continue
         assert fast.render(ctx, (2026, 11, 20, 0, 0, 0)) == normalize_zip(buf.getvalue(), "2026-11-20"), name
+
+
+def _png_1x1() -> bytes:
+    import struct
+    import zlib as z
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", z.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", z.compress(b"\x00\xff\xff\xff")) + chunk(b"IEND", b""))
+
+
+def test_fast_docx_with_a_drawing_in_the_template_renumbers_it_like_docxtpl(tmp_path):
+    import docx
+    from docxtpl import DocxTemplate
+
+    from priorauth.docx_fast import FastDocx
+    from priorauth.render import jinja_env, normalize_zip
+
+    d = docx.Document()
+    d.add_paragraph("Dear {{ name }},")
+    d.add_picture(io.BytesIO(_png_1x1()))
+    path = tmp_path / "t.docx"
+    d.save(path)
+    fast = FastDocx(path, jinja_env("docx"), autoescape=True)
+    assert not fast._text_path  # docxtpl renumbers drawings (docPr ids) in every letter
+    ctx = {"name": "O'Brien & <Sons>"}
+    tpl = DocxTemplate(path)
+    tpl.render(ctx, jinja_env("docx"), autoescape=True)
+    buf = io.BytesIO()
+    tpl.save(buf)
+    got = fast.render(ctx, (2026, 11, 20, 0, 0, 0))
+    assert got == normalize_zip(buf.getvalue(), "2026-11-20")
+    assert b'id="1001"' in _docx_parts(got)["word/document.xml"]
 
 
 def test_rigid_tables_are_told_from_the_template_source():
@@ -715,7 +750,7 @@ def test_the_letter_template_is_rendered_without_parsing(tmp_path):
     from priorauth.render import jinja_env, template_path
 
     fast = FastDocx(template_path("docx"), jinja_env("docx"), autoescape=True)
-    assert fast._text_path and fast._rigid_tables and not fast._drawings
+    assert fast._text_path and fast._rigid_tables
 
 
 def test_body_text_checks_agree_with_the_xml():
