@@ -749,6 +749,7 @@ class _Acceptor:
     def __init__(self, state: _State, out: Path, summary: Summary, results, worklist: _Worklist):
         self.db = state.db
         self.out = out
+        self.prefix = f"{out}{os.sep}"  # str concatenation: a Path per letter cost ~20 us here
         self.summary = summary
         self.results = results
         self.worklist = worklist
@@ -787,7 +788,7 @@ class _Acceptor:
                     claimed[rid] = source
                     if kind == "fresh":
                         for rel, tmp, sig in letters:
-                            os.replace(tmp, self.out / rel)
+                            os.replace(tmp, self.prefix + rel)
                             files.append((rel, h, sig))
                             rels.append(rel)
                         s.letters_written += len(rels)
@@ -843,5 +844,12 @@ def _finish(state: _State, letters_dir: Path) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(e.path)
     db.execute("DELETE FROM files WHERE path NOT IN (SELECT path FROM run_letters)")
-    db.execute("DELETE FROM done WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL)")
+    db.execute(_DROP_STALE)
     db.commit()
+
+
+# Cached results that no record of this run has. Rowids from the hash index (covering: hash
+# and rowid): `DELETE FROM done WHERE hash NOT IN (...)` scans the table itself and reads
+# back every result (~6 KB each: 300 MB after 50,000 records) at the end of every run.
+_DROP_STALE = ("DELETE FROM done WHERE rowid IN (SELECT rowid FROM done "
+               "WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL))")

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from priorauth import determine
+import priorauth.batch as batch_mod
 from priorauth.batch import WORKLIST_COLUMNS, WORKLIST_ORDER, csv_safe, redact, run_batch
 from priorauth.cli import cli
 from priorauth.generate import generate, write_samples
@@ -234,6 +236,14 @@ def test_a_referral_that_stops_meeting_criteria_or_leaves_the_input_loses_its_le
     assert gone not in {d["referral_id"] for d in results(out)}
     assert next(d for d in results(out) if d["referral_id"] == worse)["determination"] == "not_eligible"
     assert_complete_and_consistent(out, 29)
+    # the manifest forgets the two old contents: it caches exactly what this input holds
+    with contextlib.closing(sqlite3.connect(f"file:{out}/.state/state.sqlite?mode=ro", uri=True)) as db:
+        cached = {h for h, in db.execute("SELECT hash FROM done")}
+        current = {h for h, in db.execute("SELECT hash FROM run WHERE hash IS NOT NULL")}
+        # ... found through the hash index: the results themselves are not read back
+        plan = " / ".join(r[-1] for r in db.execute("EXPLAIN QUERY PLAN " + batch_mod._DROP_STALE))
+    assert cached == current and len(current) == 29
+    assert "SCAN done USING COVERING INDEX" in plan and "SCAN done /" not in plan + " /", plan
 
 
 def test_a_criteria_change_redoes_everything(tmp_path):
@@ -357,7 +367,6 @@ def test_redact_drops_values_and_keeps_fields():
 
 
 def _committed(out: Path) -> int:
-    import sqlite3
 
     try:
         with contextlib.closing(sqlite3.connect(f"file:{out}/.state/state.sqlite?mode=ro", uri=True)) as db:
