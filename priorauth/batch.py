@@ -201,7 +201,7 @@ class Source:
         if self.jsonl:
             name = self.path.name
             try:
-                fh = open(self.path, "rb")
+                fh = open(self.path, "rb", buffering=1 << 20)  # 1 MiB reads, not 8 KiB: fewer syscalls
             except OSError as exc:
                 raise InputError(f"{self.path}: cannot read: {exc.strerror}") from None
             with fh:
