@@ -179,6 +179,17 @@ def best(runs: list[dict]) -> dict:
     return min(runs, key=lambda r: r["seconds"])
 
 
+def kept_notes(path: Path) -> str:
+    """The hand-written "## Notes" section of a previous RESULTS.md: a new table replaces the
+    old one, the history and explanations below it stay."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return ""
+    at = text.find("\n## Notes")
+    return text[at:] if at >= 0 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=20000, help="referrals for (b) and (c)")
@@ -276,7 +287,7 @@ def main() -> None:
                       f"--seed {a.seed} --repeat {a.repeat}`"]
         table = "\n".join(lines)
         print(table)
-        a.out.write_text("# Batch benchmark\n\n" + table + "\n", encoding="utf-8")
+        a.out.write_text("# Batch benchmark\n\n" + table + "\n" + kept_notes(a.out), encoding="utf-8")
         if a.profile:
             print("\n" + profile_check(jsonl))
     finally:
