@@ -824,6 +824,13 @@ class _Acceptor:
         self.committed = time.monotonic()
 
 
+# Cached results that no record of this run has. Rowids from the hash index (covering: hash
+# and rowid): `DELETE FROM done WHERE hash NOT IN (...)` scans the table itself and reads
+# back every result (~6 KB each: 300 MB after 50,000 records) at the end of every run.
+_DROP_STALE = ("DELETE FROM done WHERE rowid IN (SELECT rowid FROM done "
+               "WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL))")
+
+
 def _finish(state: _State, letters_dir: Path) -> None:
     """The run went through the whole input: drop what is no longer in it."""
     db = state.db
@@ -847,9 +854,3 @@ def _finish(state: _State, letters_dir: Path) -> None:
     db.execute(_DROP_STALE)
     db.commit()
 
-
-# Cached results that no record of this run has. Rowids from the hash index (covering: hash
-# and rowid): `DELETE FROM done WHERE hash NOT IN (...)` scans the table itself and reads
-# back every result (~6 KB each: 300 MB after 50,000 records) at the end of every run.
-_DROP_STALE = ("DELETE FROM done WHERE rowid IN (SELECT rowid FROM done "
-               "WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL))")
