@@ -853,4 +853,3 @@ def _finish(state: _State, letters_dir: Path) -> None:
     db.execute("DELETE FROM files WHERE path NOT IN (SELECT path FROM run_letters)")
     db.execute(_DROP_STALE)
     db.commit()
-
