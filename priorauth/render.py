@@ -828,8 +828,8 @@ def normalize_zip(data: bytes, as_of: Optional[str]) -> bytes:
             entry = zipfile.ZipInfo(info.filename, date_time=stamp)
             entry.compress_type = zipfile.ZIP_DEFLATED
             entry.external_attr = 0o600 << 16
-            data = src.read(info.filename)
-            dst.writestr(entry, data, compresslevel=deflate_level(len(data)))
+            part = src.read(info.filename)
+            dst.writestr(entry, part, compresslevel=deflate_level(len(part)))
     return out.getvalue()
 
 
