@@ -30,6 +30,7 @@ class Determination:
     warnings: list[str] = field(default_factory=list)
     safety: list[dict] = field(default_factory=list)
     flat: list = field(default_factory=list, repr=False)  # result.walk(), once
+    vocabulary: Any = field(default=None, repr=False)  # the drug names letters word treatments with
 
     @property
     def referral_id(self) -> str:
@@ -111,6 +112,7 @@ def determine(referral: Referral, criteria: P.Criteria, warnings: list[str] | No
     `warnings` carries what reading the referral noticed (a FHIR import's unmapped data).
     """
     det, known = _decide(referral, criteria, warnings)
+    det.vocabulary = criteria.vocabulary
     for s in screen_all(referral, criteria, known):
         if s.status != "ok":
             det.safety.append({"rule": s.rule_id, "label": s.rule.label, "status": s.status, "message": s.message})
