@@ -1,7 +1,7 @@
 """Batch throughput: naive letters vs `priorauth batch` (1 and 2 jobs) vs check-only JSON Lines.
 
 Everything runs in one go, on the same machine, the same template and the same seeded
-synthetic referrals (priorauth.generate):
+synthetic referrals (priorauth.batch.generate):
 
   (a) naive     for each referral: read, determine, letter_context, then DocxTemplate(template)
                 load + render + save of every letter, one process
@@ -47,17 +47,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from priorauth.generate import write_samples  # noqa: E402
+from priorauth.batch.generate import write_samples  # noqa: E402
 
 
 def naive(inp: Path, out: Path, limit: int) -> dict:
     """The obvious loop: one DocxTemplate load + render + save per letter."""
     from docxtpl import DocxTemplate
 
-    from priorauth import determine, load_criteria
-    from priorauth.errors import InputError
-    from priorauth.referral import read_referral
-    from priorauth.render import jinja_env, letter_context, template_path
+    from priorauth.criteria.policy import load_criteria
+    from priorauth.engine.determination import determine
+    from priorauth.core.errors import InputError
+    from priorauth.io.readers import read_referral
+    from priorauth.letters.render import jinja_env, letter_context, template_path
 
     criteria = load_criteria()
     template = template_path("docx")
@@ -87,11 +88,12 @@ def render_only(inp: Path, limit: int) -> tuple[dict, dict]:
 
     from docxtpl import DocxTemplate
 
-    from priorauth import determine, load_criteria
-    from priorauth.docx_fast import FastDocx
-    from priorauth.errors import InputError
-    from priorauth.referral import read_referral
-    from priorauth.render import jinja_env, letter_context, template_path
+    from priorauth.criteria.policy import load_criteria
+    from priorauth.engine.determination import determine
+    from priorauth.letters.docx_fast import FastDocx
+    from priorauth.core.errors import InputError
+    from priorauth.io.readers import read_referral
+    from priorauth.letters.render import jinja_env, letter_context, template_path
 
     criteria = load_criteria()
     template = template_path("docx")
@@ -149,9 +151,10 @@ def profile_check(jsonl: Path, n: int = 3000) -> str:
     import io
     import pstats
 
-    from priorauth import determine, load_criteria
-    from priorauth.errors import InputError
-    from priorauth.referral import read_referral
+    from priorauth.criteria.policy import load_criteria
+    from priorauth.engine.determination import determine
+    from priorauth.core.errors import InputError
+    from priorauth.io.readers import read_referral
 
     criteria = load_criteria()
     lines = jsonl.read_bytes().splitlines()[:n]

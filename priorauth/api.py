@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from .determination import Determination, determine
-from .errors import CriteriaError, InputError, PriorAuthError
-from .policy import Criteria, load_criteria as _load_criteria
-from .referral import Referral, parse_text, read_referral, referral_from_data
+from .engine.determination import Determination, determine
+from .core.errors import CriteriaError, InputError, PriorAuthError
+from .criteria.policy import Criteria, load_criteria as _load_criteria
+from .core.yamlio import parse_text, read_text
+from .io.readers import read_referral
+from .model.referral import Referral, referral_from_data
 
 ReferralLike = Union[Referral, Mapping[str, Any], str, Path]
 CriteriaLike = Union[Criteria, str, Path, None]
@@ -82,7 +84,7 @@ def render_letter(determination: Determination, fmt: str = "docx", *, kind: Opti
     `kind` is initial, continuation or appeal (default: the referral's request type); an
     appeal takes `denial` ({"reason", "date", "reference", "criteria"}).
     """
-    from .render import parse_denial, render_letter as render
+    from .letters.render import parse_denial, render_letter as render
 
     ref = determination.referral
     kind = kind or ref.request.request_type
@@ -94,8 +96,7 @@ def render_letter(determination: Determination, fmt: str = "docx", *, kind: Opti
 def import_fhir(bundle: Union[Mapping[str, Any], str, Path], *, criteria: CriteriaLike = None,
                 supplement: Optional[Mapping[str, Any]] = None, with_warnings: bool = False):
     """A FHIR R4 Bundle (mapping, JSON text or path) -> `Referral` (and warnings if asked)."""
-    from .fhir import referral_data_from_bundle
-    from .referral import read_text
+    from .io.fhir import referral_data_from_bundle
 
     source = "bundle"
     if isinstance(bundle, (str, Path)) and not (isinstance(bundle, str) and _is_text(bundle)):
@@ -115,7 +116,7 @@ def import_fhir(bundle: Union[Mapping[str, Any], str, Path], *, criteria: Criter
 def run_batch(input: Union[str, Path], out: Union[str, Path], *, jobs: Optional[int] = None,
               formats: Iterable[str] = ("docx",), force: bool = False, criteria: Union[str, Path, None] = None):
     """Every referral in a folder or JSON Lines file -> `out`/letters, results.jsonl, worklist.csv."""
-    from .batch import run_batch as run
+    from .batch.run import run_batch as run
 
     return run(input, out, jobs=jobs, formats=formats, force=force,
                criteria_dir=Path(criteria) if criteria is not None else None)
@@ -123,6 +124,6 @@ def run_batch(input: Union[str, Path], out: Union[str, Path], *, jobs: Optional[
 
 def lint(criteria: Union[str, Path, None] = None) -> list[str]:
     """Problems in a criteria folder (empty when it is sound), each naming the file and field."""
-    from .lint import lint_criteria
+    from .criteria.lint import lint_criteria
 
     return lint_criteria(Path(criteria) if criteria is not None else None)[0]

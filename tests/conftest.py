@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from priorauth import determine, load_criteria
-from priorauth.referral import referral_from_data
+from priorauth.criteria.policy import load_criteria
+from priorauth.engine.determination import determine
+from priorauth.model.referral import referral_from_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from priorauth import determine
-from priorauth.batch import _DROP_STALE, WORKLIST_COLUMNS, WORKLIST_ORDER, csv_safe, redact, run_batch
-from priorauth.cli import cli
-from priorauth.generate import generate, write_samples
-from priorauth.referral import read_referral
+from priorauth.engine.determination import determine
+from priorauth.batch.run import _DROP_STALE, WORKLIST_COLUMNS, WORKLIST_ORDER, csv_safe, redact, run_batch
+from priorauth.cli.main import cli
+from priorauth.batch.generate import generate, write_samples
+from priorauth.io.readers import read_referral
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
@@ -302,7 +302,7 @@ def test_duplicate_referral_ids_are_reported_not_overwritten(tmp_path, criteria)
     ref, w = read_referral("x", first.data.decode())
     assert kept == json.loads(json.dumps(determine(ref, criteria, w).to_dict()))
     # The letter is the first record's, byte for byte, not the second's.
-    from priorauth.render import render_letter
+    from priorauth.letters.render import render_letter
 
     letter = (out / "letters" / f"{first.referral_id}.docx").read_bytes()
     assert letter == render_letter(ref, determine(ref, criteria, w), "docx", vocabulary=criteria.vocabulary)
@@ -312,7 +312,7 @@ def test_duplicate_referral_ids_are_reported_not_overwritten(tmp_path, criteria)
 
 
 def test_an_unexpected_exception_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch):
-    import priorauth.determination as D
+    import priorauth.engine.determination as D
 
     inp = _small_input(tmp_path, 10)
     real = D.determine
@@ -439,7 +439,7 @@ def test_killed_repeatedly_still_converges(tmp_path):
 
 _RSS = """
 import json, resource, sys
-from priorauth.batch import run_batch
+from priorauth.batch.run import run_batch
 s = run_batch(sys.argv[1], sys.argv[2], jobs=2, formats=())
 peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
 print(json.dumps({"records": s.records, "peak_kb": peak}))
@@ -494,7 +494,7 @@ def test_cli_bad_input_or_options_exit_2_without_traceback(tmp_path, runner, arg
 
 
 def test_progress_bar_counts_to_the_total():
-    from priorauth.commands_batch import _Bar
+    from priorauth.cli.batch import _Bar
 
     buf = io.StringIO()
     bar = _Bar(10, buf)
@@ -553,8 +553,8 @@ def _text(data: bytes) -> str:
 
 
 def test_fast_letters_are_the_letters_priorauth_letter_writes(tmp_path, criteria, runner):
-    from priorauth.batch import LetterMaker
-    from priorauth.render import render_letter
+    from priorauth.batch.run import LetterMaker
+    from priorauth.letters.render import render_letter
 
     maker = LetterMaker(("docx",), criteria)
     files = [p for p in sorted(SAMPLES.glob("*.yaml"))]
@@ -588,8 +588,8 @@ def test_fast_docx_renders_headers_core_properties_loops_and_tables_like_docxtpl
     import docx
     from docxtpl import DocxTemplate
 
-    from priorauth.docx_fast import FastDocx
-    from priorauth.render import jinja_env, normalize_zip
+    from priorauth.letters.docx_fast import FastDocx
+    from priorauth.letters.render import jinja_env, normalize_zip
 
     d = docx.Document()
     d.core_properties.title = "Letter for {{ patient.name }}"
@@ -635,8 +635,8 @@ def test_fast_docx_text_path_equals_lxml_or_steps_aside(tmp_path):
     import docx
     from docxtpl import DocxTemplate
 
-    from priorauth.docx_fast import FastDocx, _as_lxml_writes
-    from priorauth.render import jinja_env, normalize_zip
+    from priorauth.letters.docx_fast import FastDocx, _as_lxml_writes
+    from priorauth.letters.render import jinja_env, normalize_zip
 
     d = docx.Document()
     d.core_properties.title = "{{ title }}"
@@ -694,8 +694,8 @@ def test_fast_docx_with_a_drawing_in_the_template_renumbers_it_like_docxtpl(tmp_
     import docx
     from docxtpl import DocxTemplate
 
-    from priorauth.docx_fast import FastDocx
-    from priorauth.render import jinja_env, normalize_zip
+    from priorauth.letters.docx_fast import FastDocx
+    from priorauth.letters.render import jinja_env, normalize_zip
 
     d = docx.Document()
     d.add_paragraph("Dear {{ name }},")
@@ -715,7 +715,7 @@ def test_fast_docx_with_a_drawing_in_the_template_renumbers_it_like_docxtpl(tmp_
 
 
 def test_rigid_tables_are_told_from_the_template_source():
-    from priorauth.docx_fast import _rigid_tables, _rows_missing
+    from priorauth.letters.docx_fast import _rigid_tables, _rows_missing
 
     grid = "<w:tblGrid><w:gridCol w:w=\"1\"/><w:gridCol w:w=\"1\"/></w:tblGrid>"
     cell = "<w:tc><w:p><w:r><w:t>{{ x }}</w:t></w:r></w:p></w:tc>"
@@ -753,8 +753,8 @@ def test_rigid_tables_are_told_from_the_template_source():
 def test_the_letter_template_is_rendered_without_parsing(tmp_path):
     """The bundled template takes the fast text path, tables and all: a regression in the
     template (a drawing, a spanned cell) would make every batch letter slower, not wrong."""
-    from priorauth.docx_fast import FastDocx
-    from priorauth.render import jinja_env, template_path
+    from priorauth.letters.docx_fast import FastDocx
+    from priorauth.letters.render import jinja_env, template_path
 
     fast = FastDocx(template_path("docx"), jinja_env("docx"), autoescape=True)
     assert fast._text_path and fast._rigid_tables
@@ -763,7 +763,7 @@ def test_the_letter_template_is_rendered_without_parsing(tmp_path):
 def test_body_text_checks_agree_with_the_xml():
     from lxml import etree
 
-    from priorauth.docx_fast import _as_lxml_writes, _tables_need_fixing, _tables_need_fixing_text
+    from priorauth.letters.docx_fast import _as_lxml_writes, _tables_need_fixing, _tables_need_fixing_text
 
     w = 'xmlns:w="http://schemas.openxmlformats.org/wordprocessingml/2006/main"'
 
@@ -796,7 +796,7 @@ def test_body_text_checks_agree_with_the_xml():
 
 
 def test_atomic_stream_replaces_whole_or_not_at_all(tmp_path):
-    from priorauth.io import atomic_stream, atomic_write
+    from priorauth.core.files import atomic_stream, atomic_write
 
     target = tmp_path / "out.txt"
     atomic_write(target, "old")
@@ -813,7 +813,7 @@ def test_atomic_stream_replaces_whole_or_not_at_all(tmp_path):
 
 
 def test_write_zip_matches_zipfile():
-    from priorauth.docx_fast import LARGE_PART, _entry, deflate_level, write_zip
+    from priorauth.letters.docx_fast import LARGE_PART, _entry, deflate_level, write_zip
 
     items = [("a.xml", b"<a/>" * 100), ("dir/b.bin", bytes(range(256)) * 3), ("empty", b""),
              ("big.xml", b"<w:style/>" * (LARGE_PART // 10 + 1))]

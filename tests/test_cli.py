@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from priorauth.cli import cli
+from priorauth.cli.main import cli
 
 from .conftest import BASE, ROOT, SAMPLES, referral_data
 

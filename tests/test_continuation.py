@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import yaml
 
-from priorauth import determine
-from priorauth.referral import referral_from_data
+from priorauth.engine.determination import determine
+from priorauth.model.referral import referral_from_data
 
 from .conftest import SAMPLES, status_of
 

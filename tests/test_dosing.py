@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from priorauth.dosing import ideal_body_weight, round1
+from priorauth.engine.dosing import ideal_body_weight, round1
 
 from .conftest import status_of
 

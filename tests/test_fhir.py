@@ -14,11 +14,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from priorauth import determine, load_criteria
-from priorauth.cli import cli
-from priorauth.dosing import round1
-from priorauth.fhir import referral_data_from_bundle
-from priorauth.referral import read_referral, referral_from_data
+from priorauth.criteria.policy import load_criteria
+from priorauth.engine.determination import determine
+from priorauth.cli.main import cli
+from priorauth.engine.dosing import round1
+from priorauth.io.fhir import referral_data_from_bundle
+from priorauth.io.readers import read_referral
+from priorauth.model.referral import referral_from_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "fhir"
@@ -530,7 +532,7 @@ def test_request_file_replaces_the_bundle_request(tmp_path):
 
 
 def test_fhir_library_is_imported_only_for_fhir_input():
-    code = ("import sys; from click.testing import CliRunner; from priorauth.cli import cli; "
+    code = ("import sys; from click.testing import CliRunner; from priorauth.cli.main import cli; "
             "r = CliRunner().invoke(cli, ['check', sys.argv[1]]); "
             "print(r.exit_code, any(m.startswith('fhir') for m in sys.modules))")
     yaml_run = subprocess.run([sys.executable, "-c", code, str(SAMPLES / "dm-fhir-equivalent.yaml")],

@@ -9,11 +9,12 @@ from collections import Counter
 
 import pytest
 
-from priorauth import determine
-from priorauth.cli import cli
-from priorauth.errors import InputError
-from priorauth.generate import INVALID_KINDS, SCENARIOS, generate, npi_with_check_digit
-from priorauth.referral import npi_is_valid, read_referral
+from priorauth.engine.determination import determine
+from priorauth.cli.main import cli
+from priorauth.core.errors import InputError
+from priorauth.batch.generate import INVALID_KINDS, SCENARIOS, generate, npi_with_check_digit
+from priorauth.core.codes import npi_is_valid
+from priorauth.io.readers import read_referral
 
 PATHWAYS = {"refractory_to_steroids", "steroid_intolerance", "steroid_contraindication", "flare_on_taper",
             "first_line_failure", "rapidly_progressive", "first_line_indication"}

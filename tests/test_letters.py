@@ -23,10 +23,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from priorauth import determine, load_criteria
-from priorauth.cli import cli
-from priorauth.errors import InputError, PriorAuthError
-from priorauth.referral import referral_from_data
+from priorauth.criteria.policy import load_criteria
+from priorauth.engine.determination import determine
+from priorauth.cli.main import cli
+from priorauth.core.errors import InputError, PriorAuthError
+from priorauth.model.referral import referral_from_data
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "examples"
@@ -36,7 +37,7 @@ BP = EXAMPLES / "bp-rapidly-progressive.yaml"
 HAS_SOFFICE = bool(shutil.which("soffice") or shutil.which("libreoffice"))
 needs_soffice = pytest.mark.skipif(not HAS_SOFFICE, reason="LibreOffice (soffice) is not installed: PDF letters cannot be made")
 
-render = pytest.importorskip("priorauth.render")
+render = pytest.importorskip("priorauth.letters.render")
 
 
 # ------------------------------------------------------------------ fixtures: referrals as data
@@ -661,7 +662,7 @@ def test_cli_bad_referral_names_file_and_field(tmp_path):
 
 
 def test_cli_help_ends_with_example():
-    from priorauth.commands_letter import letter
+    from priorauth.cli.letter import letter
 
     result = CliRunner().invoke(cli, ["letter", "--help"])
     assert result.exit_code == 0
@@ -672,14 +673,14 @@ def test_cli_help_ends_with_example():
 
 
 def test_cli_choices_match_the_library():
-    from priorauth import commands_letter
+    from priorauth.cli import letter as commands_letter
 
     assert commands_letter.FORMAT_CHOICES == render.FORMATS
     assert commands_letter.KIND_CHOICES == render.KINDS
 
 
 def test_check_does_not_import_the_renderers():
-    code = ("import sys; from click.testing import CliRunner; import priorauth.cli as c; "
+    code = ("import sys; from click.testing import CliRunner; import priorauth.cli.main as c; "
             f"r = CliRunner().invoke(c.cli, ['check', {str(DM)!r}, '--json']); "
             "assert r.exit_code == 0, r.output; "
             "print(','.join(m for m in ('docxtpl', 'docx', 'lxml', 'matplotlib') if m in sys.modules))")
@@ -710,7 +711,7 @@ def test_continuation_pdf_has_the_chart(criteria):
 
 
 def test_pdf_without_soffice_is_a_clear_error(tmp_path, monkeypatch):
-    from priorauth import pdf
+    from priorauth.letters import pdf
 
     monkeypatch.setattr(pdf, "soffice_path", lambda: None)
     out = tmp_path / "x.pdf"
@@ -721,7 +722,7 @@ def test_pdf_without_soffice_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_pdf_conversion_that_hangs_is_killed(tmp_path, monkeypatch):
-    from priorauth import pdf
+    from priorauth.letters import pdf
 
     fake = tmp_path / "soffice"
     fake.write_text("#!/bin/sh\nsleep 60\n")
@@ -732,7 +733,7 @@ def test_pdf_conversion_that_hangs_is_killed(tmp_path, monkeypatch):
 
 
 def test_pdf_conversion_failure_is_reported(tmp_path, monkeypatch):
-    from priorauth import pdf
+    from priorauth.letters import pdf
 
     fake = tmp_path / "soffice"
     fake.write_text("#!/bin/sh\necho 'Error: source file could not be loaded' >&2\nexit 1\n")

@@ -7,8 +7,8 @@ import shutil
 import pytest
 import yaml
 
-from priorauth.cli import cli
-from priorauth.lint import lint_criteria
+from priorauth.cli.main import cli
+from priorauth.criteria.lint import lint_criteria
 
 from .conftest import ROOT
 

@@ -6,7 +6,7 @@ import re
 
 import yaml
 
-from priorauth.referral import referral_from_data
+from priorauth.model.referral import referral_from_data
 
 from .conftest import ROOT
 

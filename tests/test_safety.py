@@ -6,8 +6,9 @@ import shutil
 
 import yaml
 
-from priorauth import determine, load_criteria
-from priorauth.referral import referral_from_data
+from priorauth.criteria.policy import load_criteria
+from priorauth.engine.determination import determine
+from priorauth.model.referral import referral_from_data
 
 from .conftest import ROOT, referral_data, status_of
 
@@ -89,7 +90,7 @@ def test_age_matches_relativedelta_on_edge_days():
 
     from dateutil.relativedelta import relativedelta
 
-    from priorauth.safety import age_years
+    from priorauth.engine.safety import age_years
 
     for birth, on in [(date(1960, 2, 29), date(2025, 2, 28)), (date(1960, 2, 29), date(2025, 3, 1)),
                       (date(1944, 5, 30), date(2026, 5, 29)), (date(1944, 5, 30), date(2026, 5, 30)),

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from priorauth.cli import cli
+from priorauth.cli.main import cli
 
 from .conftest import SAMPLES, SPEC_EXAMPLES
 

@@ -8,8 +8,9 @@ from datetime import date
 import pytest
 import yaml
 
-from priorauth import determine, load_criteria
-from priorauth.referral import referral_from_data
+from priorauth.criteria.policy import load_criteria
+from priorauth.engine.determination import determine
+from priorauth.model.referral import referral_from_data
 
 from .conftest import ROOT, SAMPLES, status_of
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from priorauth.errors import InputError
-from priorauth.referral import _FastLoader, _Loader, parse_text
+from priorauth.core.errors import InputError
+from priorauth.core.yamlio import _FastLoader, _Loader, parse_text
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 
@@ -147,7 +147,7 @@ def test_samples_same_as_pyyaml(path):
 
 
 def test_generated_referrals_same_as_pyyaml(tmp_path):
-    from priorauth.generate import write_samples
+    from priorauth.batch.generate import write_samples
 
     write_samples(150, tmp_path, seed=5, invalid_share=0.2)
     files = sorted(tmp_path.glob("*.*"))

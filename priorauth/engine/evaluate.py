@@ -13,9 +13,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 from dateutil.relativedelta import relativedelta
 
-from . import policy as P
+from ..criteria import policy as P
 from .dosing import assess as assess_dosing
-from .referral import Referral, Treatment
+from ..model.referral import Referral, Treatment
 from .safety import facts as safety_facts, screen as safety_screen
 
 MET, NOT_MET, UNKNOWN = "met", "not_met", "unknown"

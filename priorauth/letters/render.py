@@ -26,12 +26,13 @@ from typing import Any, Mapping, Optional
 
 import orjson
 
-from .errors import InputError, PriorAuthError
-from .io import atomic_write
+from ..core.errors import InputError, PriorAuthError
+from ..core.files import atomic_write
+from ..core.resources import templates_dir
 
 FORMATS = ("docx", "pdf", "html", "md")
 KINDS = ("initial", "continuation", "appeal")
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = templates_dir()
 WORDING = TEMPLATES / "letter-text.yaml"
 BUILTIN = {"docx": "letter.docx", "pdf": "letter.docx", "html": "letter.html.j2", "md": "letter.md.j2"}
 EXTENSIONS = {".docx": "docx", ".pdf": "pdf", ".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
@@ -128,7 +129,7 @@ def _clean(value: Any) -> Any:
 
 @functools.lru_cache(maxsize=4)
 def _wording(path: Path, mtime: float) -> dict:
-    from .policy import read_yaml
+    from ..core.yamlio import read_yaml
 
     data = read_yaml(path)
     if not isinstance(data, dict):
@@ -262,7 +263,7 @@ def _rows(spec: list, ctx: Mapping[str, Any]) -> list[dict]:
 
 def parse_denial(data: Any, source: str = "denial") -> dict:
     """Check a denial (reason, date, reference, criteria) -> plain dict; InputError names the field."""
-    from .referral import _iso_date
+    from ..core.codes import _iso_date
 
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping with reason, date, reference, criteria")
@@ -292,7 +293,7 @@ def parse_denial(data: Any, source: str = "denial") -> dict:
 
 def load_denial(path: str | Path) -> dict:
     """A denial from a YAML or JSON file (keys reason, date, reference, criteria)."""
-    from .referral import parse_text, read_text
+    from ..core.yamlio import parse_text, read_text
 
     text = read_text(Path(path))
     if not text.strip():
@@ -366,13 +367,13 @@ def _therapy_vocabulary(vocabulary):
 
 @functools.lru_cache(maxsize=1)
 def _default_vocabulary():
-    from .policy import load_criteria
+    from ..criteria.policy import load_criteria
 
     return load_criteria().vocabulary
 
 
 def _is_requested_therapy(t, referral, drug_class: str, vocabulary) -> bool:
-    from .policy import name_key
+    from ..criteria.policy import name_key
 
     if name_key(t.drug) == name_key(referral.request.product):
         return True
@@ -760,7 +761,7 @@ def _render_text(ctx: Mapping[str, Any], fmt: str, template: Path, custom: bool)
         data["chart"] = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
     try:
         if custom:
-            from .referral import read_text
+            from ..core.yamlio import read_text
 
             tpl = env.from_string(read_text(template))
         else:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Optional
 
-from . import policy as P
+from ..criteria import policy as P
 from .dosing import bmi
-from .referral import Referral
+from ..model.referral import Referral
 
 
 @dataclass(slots=True)

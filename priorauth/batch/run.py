@@ -64,8 +64,8 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 
 import orjson
 
-from .errors import InputError, PriorAuthError
-from .io import DIR_MODE, FILE_MODE, atomic_stream, ensure_dir
+from ..core.errors import InputError, PriorAuthError
+from ..core.files import DIR_MODE, FILE_MODE, atomic_stream, ensure_dir
 
 STATE_VERSION = "2"
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
@@ -243,9 +243,9 @@ def fingerprint(criteria_root: Path, formats: tuple[str, ...]) -> str:
     """What every cached result depends on besides its input: criteria, templates, code, formats."""
     h = hashlib.blake2b(digest_size=16)
     h.update(f"state {STATE_VERSION}; formats {','.join(formats)}\n".encode())
-    roots = [criteria_root, Path(__file__).resolve().parent]
+    roots = [criteria_root, Path(__file__).resolve().parents[1]]  # the whole package: any code change
     if formats:
-        from .render import TEMPLATES
+        from ..letters.render import TEMPLATES
 
         roots.append(TEMPLATES)
     for root in roots:
@@ -262,14 +262,14 @@ class LetterMaker:
     """Letters for one batch: the DOCX template prepared once (docx_fast), other formats via render."""
 
     def __init__(self, formats: tuple[str, ...], criteria):
-        from . import render
+        from ..letters import render
 
         self.render = render
         self.formats = formats
         self.vocabulary = criteria.vocabulary
         self.fast = None
         if "docx" in formats or "pdf" in formats:
-            from .docx_fast import FastDocx
+            from ..letters.docx_fast import FastDocx
 
             self.fast = FastDocx(render.template_path("docx"), render.jinja_env("docx"), autoescape=True)
 
@@ -289,7 +289,7 @@ class LetterMaker:
             if fmt == "docx":
                 out[fmt] = docx
             elif fmt == "pdf":
-                from .pdf import docx_to_pdf
+                from ..letters.pdf import docx_to_pdf
 
                 out[fmt] = docx_to_pdf(docx, source_date=ctx.get("letter_date_iso"))
             else:
@@ -324,7 +324,7 @@ def _init_worker(worker: Optional[_Worker], spec: Optional[tuple] = None, parent
     if parent is not None:
         _die_with_parent(parent)
     if worker is None:
-        from .policy import load_criteria
+        from ..criteria.policy import load_criteria
 
         out, db_path, formats, lookup, root = spec
         crit = load_criteria(root)
@@ -396,8 +396,8 @@ def _read(task: tuple) -> tuple[Optional[bytes], Optional[tuple]]:
 
 def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
     """One record's bytes -> its result (see above)."""
-    from .determination import determine
-    from .referral import read_referral
+    from ..engine.determination import determine
+    from ..io.readers import read_referral
 
     w = _W
     tmp_letters: list[tuple[str, str, str]] = []
@@ -575,13 +575,13 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
     `progress(n)` is called as every n more records are done. InputError for a bad input,
     output folder or format; PriorAuthError when a worker process dies (rerun to resume).
     """
-    from .policy import load_criteria
+    from ..criteria.policy import load_criteria
 
     started = time.perf_counter()
     source = Source.open(input)
     formats = tuple(dict.fromkeys(formats))
     if formats:
-        from .render import FORMATS
+        from ..letters.render import FORMATS
 
         bad = [f for f in formats if f not in FORMATS]
         if bad:
@@ -835,7 +835,7 @@ def _finish(state: _State, letters_dir: Path) -> None:
     """The run went through the whole input: drop what is no longer in it."""
     db = state.db
     # Letters no record of this run claims (input removed or changed, or orphaned by a crash).
-    from .render import FORMATS
+    from ..letters.render import FORMATS
 
     known = {f".{fmt}" for fmt in FORMATS}
     with os.scandir(letters_dir) as it:

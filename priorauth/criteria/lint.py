@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import get_args
 
 from . import policy as P
-from .errors import CriteriaError
-from .referral import FindingKind
+from ..core.errors import CriteriaError
+from ..core.resources import criteria_dir
+from ..model.referral import FindingKind
 
 FINDING_KINDS = set(get_args(FindingKind))
 
 
 def lint_criteria(root: Path | None = None) -> tuple[list[str], int]:
     """Return (problems, number of policies checked); each problem names file and field."""
-    root = Path(root) if root else P.DEFAULT_CRITERIA
+    root = criteria_dir(root)
     problems: list[str] = []
     try:
         vocab = P.load_model(P.Vocabulary, root / "drugs.yaml")

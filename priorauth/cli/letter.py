@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .cli import UserError, criteria_for, criteria_option, friendly, read_referral
+from .common import UserError, criteria_for, criteria_option, friendly, read_referral
 
 FORMAT_CHOICES = ("docx", "pdf", "html", "md")  # = render.FORMATS (a test keeps them equal)
 KIND_CHOICES = ("initial", "continuation", "appeal")  # = render.KINDS
@@ -29,7 +29,7 @@ def _refusal(det) -> str:
 
 
 def _denial(denial_file, reason, date, reference):
-    from .render import load_denial, parse_denial
+    from ..letters.render import load_denial, parse_denial
 
     given = {k: v for k, v in (("reason", reason), ("date", date), ("reference", reference)) if v is not None}
     if denial_file and given:
@@ -78,8 +78,8 @@ def letter(referral, output, fmt, kind, force, draft, template, denial_file, den
         priorauth letter samples/dm-steroid-intolerance.yaml -o appeal.docx --kind appeal \\
             --denial-reason "steroid trial not documented" --denial-date 2026-12-01 --denial-reference PA-778812
     """
-    from .determination import determine
-    from .render import format_for, render_letter, write_letter
+    from ..engine.determination import determine
+    from ..letters.render import format_for, render_letter, write_letter
 
     fmt = format_for(output, fmt)
     denial = _denial(denial_file, denial_reason, denial_date, denial_reference)

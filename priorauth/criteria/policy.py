@@ -19,13 +19,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
 
-from .errors import CriteriaError
-from .referral import _Loader, IsoDate, normalize_icd10
+from ..core.errors import CriteriaError
+from ..core.codes import IsoDate, normalize_icd10
+from ..core.resources import criteria_dir
+from ..core.yamlio import read_yaml
 
-DEFAULT_CRITERIA = Path(__file__).resolve().parent.parent / "criteria"
 
 
 class _Strict(BaseModel):
@@ -453,17 +453,6 @@ class Policy(_Strict):
 # ------------------------------------------------------------------ loading
 
 
-def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise CriteriaError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CriteriaError(f"{path}: cannot read: {exc}") from None
-
-
 def _fmt(exc: ValidationError, path: Path | str) -> str:
     lines = [f"{path}: {exc.error_count()} problem(s)"]
     for err in exc.errors(include_url=False):
@@ -678,7 +667,7 @@ def build_policy(key: str, raw: dict[str, tuple[Path, dict]]) -> Policy:
 
 
 def load_criteria(root: Path | str | None = None) -> Criteria:
-    root = Path(root) if root else DEFAULT_CRITERIA
+    root = criteria_dir(root)
     if not root.is_dir():
         raise CriteriaError(f"{root}: criteria folder not found")
     vocabulary = load_model(Vocabulary, root / "drugs.yaml")

@@ -8,11 +8,11 @@ from typing import Any, Optional
 
 from dateutil.relativedelta import relativedelta
 
-from . import policy as P
+from ..criteria import policy as P
 from .dosing import compute as compute_dosing
 from .evaluate import (MET, NOT_MET, NO_LIMITS, UNKNOWN, Result, evaluate_node, make_context,
                        resolve_treatments)
-from .referral import Referral
+from ..model.referral import Referral
 from .safety import screen_all
 
 OUTCOMES = {MET: "meets_criteria", UNKNOWN: "missing_documentation", NOT_MET: "not_eligible"}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .determination import Determination
+from ..engine.determination import Determination
 
 MARK = {"met": "MET", "not_met": "NOT MET", "unknown": "UNKNOWN"}
 HEADLINE = {

@@ -13,7 +13,7 @@ from functools import lru_cache
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Optional
 
-from .referral import Patient, Referral
+from ..model.referral import Patient, Referral
 
 CM_PER_INCH = 2.54
 DEVINE_BASE_KG = {"male": 50.0, "female": 45.5}

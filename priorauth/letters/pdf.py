@@ -17,7 +17,7 @@ from datetime import date as Date, datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from .errors import PriorAuthError
+from ..core.errors import PriorAuthError
 
 DEFAULT_TIMEOUT = 180.0
 

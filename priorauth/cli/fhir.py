@@ -15,7 +15,7 @@ from typing import Optional
 
 import click
 
-from .cli import UserError, criteria_option, friendly
+from .common import UserError, criteria_option, friendly
 
 
 @click.command("import-fhir")
@@ -44,7 +44,8 @@ def import_fhir(bundle, request_file, payer, member_id, output, as_json, force, 
         priorauth import-fhir samples/fhir/dm-bundle.json -o dm-referral.yaml
         priorauth import-fhir export.json --request request.yaml --payer medicare --json | jq .treatments
     """
-    from .referral import parse_text, read_text, referral_from_data
+    from ..core.yamlio import parse_text, read_text
+    from ..model.referral import referral_from_data
 
     if as_json == bool(output):
         raise click.UsageError("give either -o FILE or --json")
@@ -54,7 +55,7 @@ def import_fhir(bundle, request_file, payer, member_id, output, as_json, force, 
         raise UserError(f"{source}: resourceType: not a FHIR resource (expected a JSON Bundle)")
     supplement = _read_supplement(request_file)
 
-    from .fhir import referral_data_from_bundle
+    from ..io.fhir import referral_data_from_bundle
 
     referral, warnings = referral_data_from_bundle(data, source, supplement=supplement, payer=payer,
                                                    member_id=member_id, criteria_dir=criteria_dir)
@@ -72,7 +73,7 @@ def import_fhir(bundle, request_file, payer, member_id, output, as_json, force, 
 def _read_supplement(path: Optional[str]) -> Optional[dict]:
     if path is None:
         return None
-    from .referral import parse_text, read_text
+    from ..core.yamlio import parse_text, read_text
 
     data = parse_text(read_text(Path(path)), path)
     if not isinstance(data, dict):
@@ -81,7 +82,7 @@ def _read_supplement(path: Optional[str]) -> Optional[dict]:
 
 
 def _write(output: Path, referral: dict, source: str, warnings: list[str], force: bool) -> None:
-    from .io import atomic_write
+    from ..core.files import atomic_write
 
     if output.suffix.lower() == ".json":
         body = json.dumps(referral, indent=2, ensure_ascii=False) + "\n"

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import yaml
 
-from .errors import InputError
-from .io import atomic_write, ensure_dir
+from ..core.errors import InputError
+from ..core.files import atomic_write, ensure_dir
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -478,7 +478,7 @@ def write_samples(n: int, out: Path | str, seed: int = 0, invalid_share: float =
     counts: dict[str, int] = {}
     samples = generate(n, seed, invalid_share, jsonl)
     if jsonl:
-        from .batch import atomic_stream
+        from .run import atomic_stream
 
         target = out / "referrals.jsonl"
         if target.exists() and not force:

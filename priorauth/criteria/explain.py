@@ -120,7 +120,7 @@ def find_policy(criteria: P.Criteria, ident: str) -> P.Policy:
     pid, _, version = ident.partition("@")
     found = [p for p in criteria.policies if p.id == pid and (not version or p.version == version)]
     if not found:
-        from .errors import InputError
+        from ..core.errors import InputError
 
         known = ", ".join(sorted({p.id for p in criteria.policies}))
         raise InputError(f"no policy {ident!r} (known: {known})")

@@ -22,10 +22,12 @@ from typing import Any, Iterable, Optional, Union
 from dateutil.parser import isoparse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .dosing import round1
-from .errors import CriteriaError, InputError
-from .policy import DEFAULT_CRITERIA, Criteria, load_criteria, read_yaml
-from .referral import normalize_icd10, npi_is_valid
+from ..engine.dosing import round1
+from ..core.errors import CriteriaError, InputError
+from ..core.codes import normalize_icd10, npi_is_valid
+from ..core.yamlio import read_yaml
+from ..core.resources import criteria_dir as criteria_dir_of
+from ..criteria.policy import Criteria, load_criteria
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 ICD10CM_SYSTEMS = {"http://hl7.org/fhir/sid/icd-10-cm", "urn:oid:2.16.840.1.113883.6.90"}
@@ -180,8 +182,8 @@ def _load_map(model: type[BaseModel], path: Path) -> Any:
 
 
 @functools.lru_cache(maxsize=4)
-def load_maps(root: Path = DEFAULT_CRITERIA) -> Maps:
-    folder = Path(root) / "fhir"
+def load_maps(root: Optional[Path] = None) -> Maps:
+    folder = criteria_dir_of(root) / "fhir"
     return Maps(_load_map(SnomedMap, folder / "snomed-icd10.yaml"), _load_map(LoincMap, folder / "loinc.yaml"),
                 _load_map(MedicationMap, folder / "medications.yaml"), _load_map(FindingMap, folder / "findings.yaml"),
                 _load_map(PayerMap, folder / "payers.yaml"))
@@ -444,7 +446,7 @@ def referral_data_from_bundle(data: dict, source: str, *, supplement: Optional[d
     _validate(data, source)
     supplement = _check_supplement(supplement or {}, source)
     bundle = index_bundle(data, source)
-    root = Path(criteria_dir) if criteria_dir else DEFAULT_CRITERIA
+    root = criteria_dir_of(criteria_dir)
     criteria = load_criteria(root)
     ctx = Context(bundle, load_maps(root), criteria, Notes(), _the_patient(bundle), Date.min)
     ctx.date = _supplement_date(supplement, source) or _bundle_date(bundle)

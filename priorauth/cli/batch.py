@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from .cli import UserError, criteria_option, friendly
+from .common import UserError, criteria_option, friendly
 
 
 class _Bar:
@@ -50,7 +50,7 @@ class _Bar:
 
 
 def _formats(value: str, no_letters: bool) -> tuple[str, ...]:
-    from .render import FORMATS
+    from ..letters.render import FORMATS
 
     if no_letters:
         return ()
@@ -92,7 +92,7 @@ def batch(input_path, out, jobs, fmt, no_letters, force, as_json, criteria_dir):
         priorauth batch pending.jsonl -o out/ --jobs 4 --format docx,pdf
         priorauth batch pending.jsonl -o out/ --no-letters --json
     """
-    from .batch import Source, run_batch
+    from ..batch.run import Source, run_batch
 
     formats = _formats(fmt, no_letters)
     source = Source.open(input_path)
@@ -141,7 +141,7 @@ def generate(n, out, seed, jsonl, invalid_share, force):
         priorauth samples generate 100000 -o big/ --jsonl --invalid-share 0.02
         priorauth batch demo/ -o demo-out/
     """
-    from .generate import write_samples
+    from ..batch.generate import write_samples
 
     counts = write_samples(n, out, seed=seed, invalid_share=invalid_share, jsonl=jsonl, force=force)
     broken = sum(v for k, v in counts.items() if k.startswith("invalid:"))

@@ -1,0 +1,207 @@
+"""The referral: what a clinic sends us, as a pydantic model (spec section 1).
+
+This module is the single definition of the referral format: the JSON Schema
+(`priorauth schema referral`), the validation errors and the README example all
+come from these classes.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from ..core.codes import _TEN_DIGITS, IsoDate, normalize_icd10, npi_is_valid
+from ..core.errors import InputError
+
+
+class _Model(BaseModel):
+    # A typo in a field name must fail loudly, never drop data (spec section 1).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+
+
+Text = Annotated[str, Field(min_length=1)]
+
+
+class Patient(_Model):
+    given_name: Text
+    family_name: Text
+    birth_date: IsoDate
+    sex: Literal["female", "male", "other", "unknown"] = "unknown"
+    weight_kg: Optional[float] = Field(default=None, gt=0, lt=700)
+    height_cm: Optional[float] = Field(default=None, gt=0, lt=300)
+
+
+class Coverage(_Model):
+    payer: Text = Field(description="payer key, e.g. medicare or aetna; chooses the policy variant")
+    plan_name: Optional[str] = None
+    member_id: Text
+    group_number: Optional[str] = None
+
+    @field_validator("payer")
+    @classmethod
+    def _payer_key(cls, value: str) -> str:
+        return value.lower()
+
+
+class Prescriber(_Model):
+    name: Text
+    npi: str = Field(description="10-digit NPI with a valid check digit")
+    specialty: Optional[str] = None
+    organization: Optional[str] = None
+    phone: Optional[str] = None
+    fax: Optional[str] = None
+    address: Optional[str] = None
+
+    @field_validator("npi", mode="before")
+    @classmethod
+    def _npi(cls, value: Any) -> str:
+        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if text is None:
+            raise ValueError("NPI must be 10 digits, written as text")
+        if not _TEN_DIGITS.fullmatch(text):
+            raise ValueError(f"NPI must be exactly 10 digits, got {len(text)} characters")
+        if not npi_is_valid(text):
+            raise ValueError("NPI check digit is wrong (Luhn check with prefix 80840 fails): check for a typo")
+        return text
+
+
+class Diagnosis(_Model):
+    code: str = Field(description="ICD-10-CM, with or without the dot (M33.12 = M3312)")
+    description: Optional[str] = None
+    onset_date: Optional[IsoDate] = None
+
+    @field_validator("code", mode="before")
+    @classmethod
+    def _code(cls, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ValueError("ICD-10-CM code must be text")
+        return normalize_icd10(value)
+
+
+FindingKind = Literal[
+    "muscle_biopsy", "emg", "muscle_mri", "muscle_enzymes", "skin_biopsy",
+    "direct_immunofluorescence", "indirect_immunofluorescence", "serology",
+    "clinical_exam", "other",
+]
+Route = Literal["oral", "iv", "im", "sc", "topical"]
+Outcome = Literal["inadequate_response", "intolerance", "flare_on_taper", "response", "ongoing", "other"]
+
+
+class Finding(_Model):
+    kind: FindingKind
+    date: Optional[IsoDate] = None
+    result: Optional[str] = None
+    supports_diagnosis: bool
+
+
+class Treatment(_Model):
+    drug: Text
+    route: Optional[Route] = None
+    dose: Optional[str] = None
+    start_date: Optional[IsoDate] = None
+    end_date: Optional[IsoDate] = Field(default=None, description="null: still taking it on the referral date")
+    outcome: Optional[Outcome] = None
+    details: Optional[str] = None
+    # Extensions for courses of the requested therapy, so a taper attempt can be shown
+    # (lower dose or longer interval than an earlier course) without parsing `dose` text.
+    dose_g_per_kg: Optional[float] = Field(default=None, gt=0, description="IVIG/SCIG course: grams per kg per cycle")
+    interval_weeks: Optional[float] = Field(default=None, gt=0, description="IVIG/SCIG course: weeks between cycles")
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> "Treatment":
+        if self.start_date and self.end_date and self.end_date < self.start_date:
+            raise ValueError("end_date is before start_date")
+        return self
+
+
+class Contraindication(_Model):
+    drug_class: Optional[str] = None
+    drug: Optional[str] = None
+    reason: Text
+    documented_date: Optional[IsoDate] = None
+
+    @model_validator(mode="after")
+    def _names_something(self) -> "Contraindication":
+        if not (self.drug_class or self.drug):
+            raise ValueError("a contraindication needs drug_class or drug")
+        return self
+
+
+class Assessment(_Model):
+    measure: Text
+    value: float
+    unit: Optional[str] = None
+    date: IsoDate
+
+    @field_validator("measure")
+    @classmethod
+    def _measure_key(cls, value: str) -> str:
+        return value.lower().replace("-", "").replace(" ", "_")
+
+
+class Request(_Model):
+    therapy: Literal["ivig", "scig", "rituximab"]
+    product: Text = Field(description="brand name; criteria/products.yaml gives HCPCS code and billing unit")
+    request_type: Literal["initial", "continuation"] = "initial"
+    dose_g_per_kg: Optional[float] = Field(default=None, gt=0)
+    days_per_cycle: Optional[int] = Field(default=None, gt=0)
+    interval_weeks: Optional[float] = Field(default=None, gt=0)
+    cycles: Optional[int] = Field(default=None, gt=0)
+    dose_mg: Optional[float] = Field(default=None, gt=0)
+    doses: Optional[int] = Field(default=None, gt=0)
+    start_date: Optional[IsoDate] = None
+    site_of_care: Optional[Literal["home", "infusion_center", "hospital_outpatient", "physician_office"]] = None
+
+
+class Referral(_Model):
+    """One prior-authorization referral (spec section 1)."""
+
+    referral_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$", description="names the output files")
+    date: IsoDate = Field(description="the 'as of' date of every computation")
+    patient: Patient
+    coverage: Coverage
+    prescriber: Prescriber
+    diagnoses: list[Diagnosis] = Field(min_length=1)
+    findings: list[Finding] = []
+    treatments: list[Treatment] = []
+    contraindications: list[Contraindication] = []
+    assessments: list[Assessment] = []
+    clinical_course: Optional[Literal["stable", "active", "rapidly_progressive"]] = None
+    request: Request
+
+    @model_validator(mode="after")
+    def _birth_not_after_date(self) -> "Referral":
+        if self.patient.birth_date > self.date:
+            raise ValueError("patient.birth_date is after the referral date")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: {exc.error_count()} problem(s) in the referral"]
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        # Messages never carry the rejected value (our validators and pydantic's default
+        # messages name the field and the rule): it may be protected health information.
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def referral_from_data(data: Any, source: str) -> Referral:
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a mapping of referral fields, got {type(data).__name__}")
+    try:
+        return Referral.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(format_validation_error(exc, source)) from None
