@@ -14,8 +14,8 @@ from priorauth.model.referral import referral_from_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"
-SHARED = ROOT.parent / "shared"
-SPEC_EXAMPLES = SHARED / "spec" / "examples"
+DATA = ROOT / "tests" / "data"
+SPEC_EXAMPLES = DATA / "spec-examples"  # copies of the contract's examples
 
 BASE = {
     "referral_id": "T-1",

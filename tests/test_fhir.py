@@ -24,11 +24,9 @@ from priorauth.model.referral import referral_from_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "fhir"
-SYNTHEA = Path(__file__).resolve().parents[1].parent / "shared" / "fhir-samples" / "synthea"
+SYNTHEA = Path(__file__).resolve().parent / "data" / "synthea"
 ADULT = SYNTHEA / "Asa_Hermiston_4384bf23-1dc3-48ca-8c84-89fbaff201ae.json"  # RA: methotrexate, cyclosporine, topical HC
 CHILD = SYNTHEA / "Alexis_Toy_68cd1181-6359-4047-a77f-a165d7912480.json"  # a short oral prednisone course
-needs_synthea = pytest.mark.skipif(not ADULT.exists() or not CHILD.exists(),
-                                   reason="shared/fhir-samples/synthea is not beside the repository")
 
 # What a Synthea export lacks: no infusion order, no Coverage, NPIs that fail the check digit,
 # and no condition the policies cover.
@@ -76,7 +74,6 @@ def latest_observation(bundle: dict, loinc: str) -> float:
 # ------------------------------------------------------------------ Synthea exports
 
 
-@needs_synthea
 def test_adult_medication_history_keeps_drugs_routes_and_dates():
     bundle = load_json(ADULT)
     data, _ = imported(ADULT)
@@ -93,7 +90,6 @@ def test_adult_medication_history_keeps_drugs_routes_and_dates():
     assert {t["drug"] for t in data["treatments"]} == {"methotrexate", "cyclosporine", "hydrocortisone"}
 
 
-@needs_synthea
 def test_weight_and_height_come_from_the_latest_observations():
     for path in (ADULT, CHILD):
         bundle = load_json(path)
@@ -105,7 +101,6 @@ def test_weight_and_height_come_from_the_latest_observations():
     assert child["patient"]["height_cm"] == 87.2
 
 
-@needs_synthea
 def test_referral_date_is_the_newest_resource_date_never_the_clock():
     assert imported(ADULT)[0]["date"] == "2020-06-10"
     assert imported(CHILD)[0]["date"] == "2021-03-14"
@@ -116,7 +111,6 @@ def test_referral_date_is_the_newest_resource_date_never_the_clock():
     assert data["patient"]["weight_kg"] == round1(11.82157809999909)  # the latest weight on or before that date
 
 
-@needs_synthea
 def test_topical_hydrocortisone_is_not_a_systemic_steroid_trial(crit):
     data, warnings = imported(ADULT)
     data["findings"] = [{"kind": "muscle_biopsy", "supports_diagnosis": True}]
@@ -134,7 +128,6 @@ def test_topical_hydrocortisone_is_not_a_systemic_steroid_trial(crit):
     assert "refractory_to_steroids" in det.pathways_met
 
 
-@needs_synthea
 def test_child_prednisone_course_and_warnings_name_only_ids():
     data, warnings = imported(CHILD)
     pred = by_drug(data, "prednisone")
@@ -149,7 +142,6 @@ def test_child_prednisone_course_and_warnings_name_only_ids():
         assert phi not in text
 
 
-@needs_synthea
 def test_synthea_imports_through_the_cli(tmp_path):
     request = tmp_path / "request.yaml"
     request.write_text(yaml.safe_dump(SUPPLEMENT))
@@ -162,7 +154,6 @@ def test_synthea_imports_through_the_cli(tmp_path):
         assert stat.S_IMODE(out.stat().st_mode) == 0o600
 
 
-@needs_synthea
 def test_check_on_a_bare_synthea_bundle_says_what_to_supply():
     result = CliRunner().invoke(cli, ["check", str(ADULT)])
     assert result.exit_code == 2

@@ -30,7 +30,7 @@ from priorauth.core.errors import InputError, PriorAuthError
 from priorauth.model.referral import referral_from_data
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "data" / "spec-examples"
 DM = EXAMPLES / "dm-refractory.yaml"
 PV = EXAMPLES / "pv-missing-biopsy.yaml"
 BP = EXAMPLES / "bp-rapidly-progressive.yaml"
