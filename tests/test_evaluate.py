@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from priorauth.engine.evaluate import MET, NOT_MET, UNKNOWN, kleene_all, kleene_any, kleene_at_least
+from priorauth.engine.result import MET, NOT_MET, UNKNOWN, kleene_all, kleene_any, kleene_at_least
 
 from .conftest import status_of
 

@@ -8,14 +8,13 @@ therapy, code and dates, and no node can never be met.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import get_args
 
+from ..engine.leaves import LEAF_TYPES
+from ..engine.nodes import AtLeast, walk
 from . import policy as P
 from ..core.errors import CriteriaError
 from ..core.resources import criteria_dir
-from ..model.referral import FindingKind
 
-FINDING_KINDS = set(get_args(FindingKind))
 
 
 def lint_criteria(root: Path | None = None) -> tuple[list[str], int]:
@@ -78,16 +77,11 @@ def _vocabulary(vocab: P.Vocabulary, path: Path) -> list[str]:
     return out
 
 
-def _class_has_drugs(vocab: P.Vocabulary, class_id: str) -> bool:
-    wanted = vocab.members(class_id)
-    return any(set(d.classes) & wanted for d in vocab.drugs.values())
-
-
 def _policy(pol: P.Policy, vocab: P.Vocabulary, safety: P.SafetyRules) -> list[str]:
     out = []
     where = f"{pol.file}: policy {pol.id}"
     for tree in filter(None, (pol.criteria, pol.continuation)):
-        ids = [n.id for n in P.walk(tree)]
+        ids = [n.id for n in walk(tree)]
         for dup in sorted({i for i in ids if ids.count(i) > 1}):
             out.append(f"{where}: node {dup}: id used twice in the {tree.id} tree")
     for node in pol.nodes():
@@ -96,27 +90,13 @@ def _policy(pol: P.Policy, vocab: P.Vocabulary, safety: P.SafetyRules) -> list[s
             out.append(f"{at}: source: every rule must cite a source")
         elif node.source not in pol.sources:
             out.append(f"{at}: source: {node.source!r} is not among the policy's sources ({', '.join(pol.sources)})")
-        for cls in _classes_named(node):
-            if cls not in vocab.classes:
-                out.append(f"{at}: drug class {cls!r} is not defined in drugs.yaml")
-            elif isinstance(node, (P.DrugTrial, P.TherapyOngoing)) and not _class_has_drugs(vocab, cls):
-                out.append(f"{at}: can never be met: no drug in drugs.yaml belongs to class {cls!r}")
-        if isinstance(node, P.FindingLeaf):
-            for kind in node.kinds:
-                if kind not in FINDING_KINDS:
-                    out.append(f"{at}: kinds: unknown finding kind {kind!r} (known: {', '.join(sorted(FINDING_KINDS))})")
-        if isinstance(node, P.DrugTrial) and node.drug_class in vocab.classes:
-            wanted = vocab.members(node.drug_class)
-            n_drugs = sum(1 for d in vocab.drugs.values() if set(d.classes) & wanted)
-            if node.min_distinct > n_drugs:
-                out.append(f"{at}: can never be met: needs {node.min_distinct} different drugs, "
-                           f"class {node.drug_class!r} has {n_drugs}")
-        if isinstance(node, P.SafetyLeaf) and node.rule not in safety.rules:
-            out.append(f"{at}: rule: {node.rule!r} is not a rule of safety.yaml")
-        if isinstance(node, P.AtLeast) and node.at_least > len(node.of):
+        leaf = LEAF_TYPES.get(getattr(node, "type", None))
+        if leaf is not None:
+            out += [f"{at}: drug class {cls!r} is not defined in drugs.yaml"
+                    for cls in leaf.classes(node) if cls not in vocab.classes]
+            out += [f"{at}: {problem}" for problem in leaf.lint(node, vocab, safety)]
+        if isinstance(node, AtLeast) and node.at_least > len(node.of):
             out.append(f"{at}: can never be met: at_least {node.at_least} of {len(node.of)} children")
-        if isinstance(node, P.Dosing) and node.days_per_cycle and node.days_per_cycle[0] > node.days_per_cycle[1]:
-            out.append(f"{at}: days_per_cycle: minimum above maximum, can never be met")
     if pol.authorization and pol.authorization.source and pol.authorization.source not in pol.sources:
         out.append(f"{where}: authorization.source: {pol.authorization.source!r} is not among the policy's sources")
     if not pol.covered_codes:
@@ -124,14 +104,6 @@ def _policy(pol: P.Policy, vocab: P.Vocabulary, safety: P.SafetyRules) -> list[s
     if not any(n.pathway for n in pol.nodes()):
         out.append(f"{where}: no node is marked `pathway: true`, so pathways_met would always be empty")
     return out
-
-
-def _classes_named(node) -> list[str]:
-    if isinstance(node, (P.DrugTrial, P.ContraindicationLeaf, P.PriorCourse, P.Improvement, P.TaperAttempt)):
-        return [node.drug_class]
-    if isinstance(node, P.TherapyOngoing):
-        return list(node.drug_classes)
-    return []
 
 
 def _overlaps(policies: list[P.Policy]) -> list[str]:

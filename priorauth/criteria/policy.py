@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from datetime import date as Date
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..core.errors import CriteriaError
 from ..core.codes import IsoDate, normalize_icd10
 from ..core.resources import criteria_dir
 from ..core.yamlio import read_yaml
+from ..engine.leaves import Dosing, Node
+from ..engine.nodes import walk
 
 
 
@@ -176,190 +178,7 @@ class ProductTable(_Strict):
 IcdCode = Annotated[str, AfterValidator(normalize_icd10)]
 
 
-class NodeBase(_Strict):
-    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
-    label: str
-    source: Optional[str] = Field(default=None, description="key into the policy's sources")
-    verified: bool = True
-    note: Optional[str] = None
-    document: Optional[str] = Field(default=None, description="what to add to the chart when this is unknown")
-    pathway: bool = Field(default=False, description="an indication pathway, listed in pathways_met")
-
-
-class AllOf(NodeBase):
-    all_of: list["Node"] = Field(min_length=1)
-
-
-class AnyOf(NodeBase):
-    any_of: list["Node"] = Field(min_length=1)
-
-
-class AtLeast(NodeBase):
-    at_least: int = Field(ge=1)
-    of: list["Node"] = Field(min_length=1)
-
-
-class DiagnosisCovered(NodeBase):
-    type: Literal["diagnosis_covered"]
-
-
-class FindingLeaf(NodeBase):
-    type: Literal["finding"]
-    kinds: list[str] = Field(min_length=1)
-
-
-class TrialOutcome(_Strict):
-    min_weeks: Optional[float] = Field(default=None, ge=0)
-
-
-class DrugTrial(NodeBase):
-    type: Literal["drug_trial"]
-    drug_class: str
-    outcomes: dict[Literal["inadequate_response", "intolerance", "flare_on_taper", "response"], TrialOutcome]
-    min_distinct: int = Field(default=1, ge=1, description="different drugs that must qualify")
-
-
-class ContraindicationLeaf(NodeBase):
-    type: Literal["contraindication"]
-    drug_class: str
-
-
-class ClinicalCourse(NodeBase):
-    type: Literal["clinical_course"]
-    values: list[Literal["stable", "active", "rapidly_progressive"]]
-
-
-class TherapyOngoing(NodeBase):
-    type: Literal["therapy_ongoing"]
-    drug_classes: list[str] = Field(min_length=1)
-
-
-class FirstLine(NodeBase):
-    type: Literal["first_line"]
-
-
-class Dosing(NodeBase):
-    """Dose limits; IVIG/SCIG use the g/kg fields, rituximab the mg fields."""
-
-    type: Literal["dosing"]
-    max_g_per_kg_per_cycle: Optional[float] = Field(default=None, gt=0)
-    min_interval_weeks: Optional[float] = Field(default=None, gt=0)
-    days_per_cycle: Optional[tuple[int, int]] = None
-    adjusted_weight_bmi: float = Field(default=30, gt=0, description="BMI from which adjusted body weight is used")
-    max_mg_per_dose: Optional[float] = Field(default=None, gt=0)
-    max_doses: Optional[int] = Field(default=None, gt=0)
-
-
-class UnitCap(NodeBase):
-    """Billing units in any window of `per_days` days (e.g. 460 units per 28 days)."""
-
-    type: Literal["unit_cap"]
-    max_units: int = Field(gt=0)
-    per_days: int = Field(default=28, gt=0)
-
-
-class ProductPreferred(NodeBase):
-    """The product is on the payer's list, or a listed product was tried and failed first."""
-
-    type: Literal["product_preferred"]
-    products: list[str] = Field(min_length=1)
-    excluded: list[str] = []
-
-
-class PrescriberSpecialty(NodeBase):
-    type: Literal["prescriber_specialty"]
-    specialties: list[str] = Field(min_length=1)
-
-
-class SiteOfCare(NodeBase):
-    type: Literal["site_of_care"]
-    allowed: list[Literal["home", "infusion_center", "hospital_outpatient", "physician_office"]] = Field(min_length=1)
-
-
-class PriorCourse(NodeBase):
-    """A documented earlier course of the requested therapy (continuation requests)."""
-
-    type: Literal["prior_course"]
-    drug_class: str
-    min_weeks_since_last: Optional[float] = Field(default=None, ge=0, description="e.g. rituximab: 16 weeks")
-
-
-class MeasureRule(_Strict):
-    label: str
-    better: Literal["lower", "higher"]
-    min_change: Optional[float] = Field(default=None, ge=0, description="absolute change that counts")
-    min_change_percent: Optional[float] = Field(default=None, ge=0, le=100)
-    verified: bool = True
-
-
-class Improvement(NodeBase):
-    """Objective improvement from the baseline before the prior course to the latest value."""
-
-    type: Literal["improvement"]
-    drug_class: str = Field(description="the therapy whose first course start marks the baseline")
-    measures: dict[str, MeasureRule] = Field(min_length=1)
-    min_improved: int = Field(default=1, ge=1)
-
-
-class TaperAttempt(NodeBase):
-    """After `after_months` of therapy, an attempt to lower the dose or lengthen the interval."""
-
-    type: Literal["taper_attempt"]
-    drug_class: str
-    after_months: int = Field(ge=0)
-
-
-class SafetyLeaf(NodeBase):
-    """A rule of criteria/safety.yaml used as a criterion rather than a warning."""
-
-    type: Literal["safety"]
-    rule: str
-
-
-LEAF_TYPES = (DiagnosisCovered, FindingLeaf, DrugTrial, ContraindicationLeaf, ClinicalCourse, TherapyOngoing,
-              FirstLine, Dosing, UnitCap, ProductPreferred, PrescriberSpecialty, SiteOfCare, PriorCourse,
-              Improvement, TaperAttempt, SafetyLeaf)
-COMBINATORS = {"all_of": AllOf, "any_of": AnyOf, "at_least": AtLeast}
-
-
-def _node_tag(value: Any) -> str:
-    if isinstance(value, dict):
-        for key in COMBINATORS:
-            if key in value:
-                return key
-        return str(value.get("type", "missing"))
-    return getattr(value, "type", None) or next(k for k in COMBINATORS if hasattr(value, k))
-
-
-Node = Annotated[
-    Union[
-        Annotated[AllOf, Tag("all_of")],
-        Annotated[AnyOf, Tag("any_of")],
-        Annotated[AtLeast, Tag("at_least")],
-        *[Annotated[t, Tag(t.model_fields["type"].annotation.__args__[0])] for t in LEAF_TYPES],  # type: ignore[misc]
-    ],
-    Discriminator(_node_tag),
-]
-
-for _model in (AllOf, AnyOf, AtLeast):
-    _model.model_rebuild()
-
-
-def children(node: Any) -> list[Any]:
-    # isinstance, not getattr: a missing attribute on a pydantic model is slow to ask for.
-    if isinstance(node, AllOf):
-        return node.all_of
-    if isinstance(node, AnyOf):
-        return node.any_of
-    if isinstance(node, AtLeast):
-        return node.of
-    return []
-
-
-def walk(node: Any):
-    yield node
-    for child in children(node):
-        yield from walk(child)
+NO_LIMITS = Dosing(id="dosing", label="dosing", type="dosing")  # a tree without a dosing node
 
 
 class Source(_Strict):
@@ -416,9 +235,9 @@ class Policy(_Strict):
         return {kind: next((n for n in walk(self.tree_for(kind)) if isinstance(n, Dosing)), None)
                 for kind in ("initial", "continuation")}
 
-    def dosing_node(self, request_type: str) -> Optional["Dosing"]:
-        """The tree's dosing limits (looked up once per policy, not per referral)."""
-        return self._dosing_nodes[request_type]
+    def dosing_node(self, request_type: str) -> Dosing:
+        """The tree's dosing limits (looked up once per policy, not per referral); none: no limits."""
+        return self._dosing_nodes[request_type] or NO_LIMITS
 
     @cached_property
     def reference(self) -> dict[str, Any]:
@@ -615,6 +434,10 @@ class Criteria:
         for p in self.policies:
             out.setdefault(p.therapy, []).append(p)
         return out
+
+    def select_policy(self, therapy: str, codes: list[str], payer: str, on: Date) -> Optional[Policy]:
+        """The policy that applies (spec section 2); None when none covers a diagnosis."""
+        return select_policy(self, therapy, codes, payer, on)
 
 
 def load_model(model: type[BaseModel], path: Path) -> Any:

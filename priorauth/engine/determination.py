@@ -8,10 +8,10 @@ from typing import Any, Optional
 
 from dateutil.relativedelta import relativedelta
 
-from ..criteria import policy as P
-from .dosing import compute as compute_dosing
-from .evaluate import (MET, NOT_MET, NO_LIMITS, UNKNOWN, Result, evaluate_node, make_context,
-                       resolve_treatments)
+from .context import make_context, resolve_treatments
+from .dosing import DEFAULT_ADJUSTED_WEIGHT_BMI, compute as compute_dosing
+from .result import MET, NOT_MET, UNKNOWN, Result
+from .tree import evaluate_node
 from ..model.referral import Referral
 from .safety import screen_all
 
@@ -21,7 +21,7 @@ OUTCOMES = {MET: "meets_criteria", UNKNOWN: "missing_documentation", NOT_MET: "n
 @dataclass
 class Determination:
     referral: Referral
-    policy: Optional[P.Policy]
+    policy: Optional[Any]  # criteria.Policy
     determination: str
     result: Optional[Result]
     pathways_met: list[str]
@@ -106,7 +106,7 @@ class Determination:
         }
 
 
-def determine(referral: Referral, criteria: P.Criteria, warnings: list[str] | None = None) -> Determination:
+def determine(referral: Referral, criteria: Any, warnings: list[str] | None = None) -> Determination:
     """Referral + criteria -> determination. Pure: the as-of date is the referral's.
 
     `warnings` carries what reading the referral noticed (a FHIR import's unmapped data).
@@ -120,16 +120,16 @@ def determine(referral: Referral, criteria: P.Criteria, warnings: list[str] | No
     return det
 
 
-def _decide(referral: Referral, criteria: P.Criteria, warnings: list[str] | None) -> tuple[Determination, Any]:
+def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tuple[Determination, Any]:
     """The determination, and the safety facts if evaluating worked them out (the screen reuses them)."""
     codes = [d.code for d in referral.diagnoses]
-    policy = P.select_policy(criteria, referral.request.therapy, codes, referral.coverage.payer, referral.date)
+    policy = criteria.select_policy(referral.request.therapy, codes, referral.coverage.payer, referral.date)
     warnings = list(warnings or [])
     if policy is None:
         # Nothing to evaluate (reasons() says why), but the chart's unknown drug names and
         # the dose are still worth showing.
         resolve_treatments(referral, criteria.vocabulary, warnings)
-        dosing = compute_dosing(referral, criteria.products, NO_LIMITS.adjusted_weight_bmi, warnings)
+        dosing = compute_dosing(referral, criteria.products, DEFAULT_ADJUSTED_WEIGHT_BMI, warnings)
         return Determination(referral, None, "not_eligible", None, [], [], dosing, warnings), None
     ctx = make_context(referral, criteria, policy, warnings)
     result = evaluate_node(policy.tree_for(referral.request.request_type), ctx)

@@ -19,6 +19,7 @@ CM_PER_INCH = 2.54
 DEVINE_BASE_KG = {"male": 50.0, "female": 45.5}
 DEVINE_KG_PER_INCH = 2.3
 ADJUSTED_FRACTION = 0.4
+DEFAULT_ADJUSTED_WEIGHT_BMI = 30.0  # when no policy applies (the baseline's threshold)
 
 
 def round1(x: float) -> float:
@@ -150,7 +151,7 @@ def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: l
 def _evaluate_names() -> tuple:
     # evaluate imports this module, so its names are imported on first use; once, since an
     # import statement costs microseconds on every call.
-    from .evaluate import MET, NOT_MET, UNKNOWN, Evidence, kleene_all
+    from .result import MET, NOT_MET, UNKNOWN, Evidence, kleene_all
 
     return MET, NOT_MET, UNKNOWN, Evidence, kleene_all
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass
 from datetime import date, timedelta
-from typing import Optional
+from typing import Any, Optional
 
-from ..criteria import policy as P
 from .dosing import bmi
 from ..model.referral import Referral
 
@@ -15,7 +14,7 @@ from ..model.referral import Referral
 @dataclass(slots=True)
 class Screen:
     rule_id: str
-    rule: P.SafetyRule
+    rule: Any
     status: str  # "ok", "risk" (a `when` matched), "missing" (a `require` not met)
     message: str
     factors: list[str]
@@ -59,7 +58,7 @@ class Facts:
     current: list[tuple[int, str, Optional[str], str]]  # treatments taken on the date: (index, generic, route, name)
 
 
-def facts(ref: Referral, vocab: P.Vocabulary) -> Facts:
+def facts(ref: Referral, vocab: Any) -> Facts:
     p, on = ref.patient, ref.date
     current = []
     for i, t in enumerate(ref.treatments):
@@ -72,7 +71,7 @@ def facts(ref: Referral, vocab: P.Vocabulary) -> Facts:
                  _texts(ref), current)
 
 
-def _risk_factors(when: P.SafetyWhen, f: Facts, vocab: P.Vocabulary) -> tuple[list[str], list]:
+def _risk_factors(when: Any, f: Facts, vocab: Any) -> tuple[list[str], list]:
     age_at_least, bmi_at_least, prefixes, drug_classes, phrases = when._checks
     factors, evidence = [], []
     if age_at_least is not None and f.age >= age_at_least:
@@ -101,7 +100,7 @@ def _risk_factors(when: P.SafetyWhen, f: Facts, vocab: P.Vocabulary) -> tuple[li
     return (list(dict.fromkeys(factors)) if factors else factors), evidence
 
 
-def _has_evidence(req: P.SafetyRequire, ref: Referral) -> list:
+def _has_evidence(req: Any, ref: Referral) -> list:
     since = ref.date - timedelta(days=req.within_days) if req.within_days else None
     on = ref.date
 
@@ -120,13 +119,13 @@ def _has_evidence(req: P.SafetyRequire, ref: Referral) -> list:
     return found
 
 
-def applies(rule: P.SafetyRule, ref: Referral, product: Optional[str]) -> bool:
+def applies(rule: Any, ref: Referral, product: Optional[str]) -> bool:
     if rule.therapies and ref.request.therapy not in rule.therapies:
         return False
     return not rule.products or (product or "") in rule.products
 
 
-def screen(rule_id: str, rule: P.SafetyRule, ref: Referral, vocab: P.Vocabulary, product: Optional[str],
+def screen(rule_id: str, rule: Any, ref: Referral, vocab: Any, product: Optional[str],
            known: Optional[Facts] = None) -> Screen:
     when = rule.when
     if when is not None:
@@ -143,7 +142,7 @@ def screen(rule_id: str, rule: P.SafetyRule, ref: Referral, vocab: P.Vocabulary,
     return Screen(rule_id, rule, "ok", f"{rule.label}: none documented", [], [])
 
 
-def screen_all(ref: Referral, criteria: P.Criteria, known: Optional[Facts] = None) -> list[Screen]:
+def screen_all(ref: Referral, criteria: Any, known: Optional[Facts] = None) -> list[Screen]:
     found = criteria.products.find(ref.request.product)
     product = found[0] if found else None
     known = known or facts(ref, criteria.vocabulary)
