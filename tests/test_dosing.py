@@ -115,3 +115,12 @@ def test_unverified_product_code_warns(decide):
     det = decide(treatments=REFRACTORY, request={"product": "Panzyga"})
     assert det.dosing["hcpcs"] == "J1599"
     assert any("not verified" in w for w in det.warnings)
+
+
+def test_the_therapy_table_is_the_referral_formats_therapies(criteria):
+    from typing import get_args
+
+    from priorauth.model.referral import Therapy
+
+    assert set(criteria.therapies) == set(get_args(Therapy))
+    assert criteria.therapies["rituximab"].fixed_dose and not criteria.therapies["ivig"].fixed_dose

@@ -118,3 +118,15 @@ def test_explain_prints_a_readable_policy(runner):
     assert "Continuation request" in out
     bad = runner.invoke(cli, ["explain", "no-such-policy"])
     assert bad.exit_code == 2 and "known:" in bad.output
+
+
+def test_lint_takes_criteria_from_the_option_and_the_environment(runner, tmp_path, monkeypatch):
+
+    broken = tmp_path / "crit"
+    shutil.copytree(ROOT / "criteria", broken)
+    (broken / "drugs.yaml").write_text("classes: {}\ndrugs: {x: {classes: [nope]}}\n")
+    by_option = runner.invoke(cli, ["lint", "--criteria", str(broken)])
+    assert by_option.exit_code == 2 and "drugs.yaml" in by_option.output
+    monkeypatch.setenv("PRIORAUTH_CRITERIA", str(broken))
+    by_env = runner.invoke(cli, ["lint"])
+    assert by_env.exit_code == 2 and "drugs.yaml" in by_env.output

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import criteria_for, criteria_option, friendly, json_option
+from .common import UserError, criteria_for, criteria_option, friendly, json_option
 
 
 @click.command()
@@ -39,20 +39,25 @@ def policies(as_json, criteria_dir):
 @click.command()
 @click.argument("path", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @json_option
+@criteria_option
 @friendly
-def lint(path, as_json):
+def lint(path, as_json, criteria_dir):
     """Validate a criteria folder: shape and meaning; errors name the file and field.
 
+    PATH (or --criteria, or PRIORAUTH_CRITERIA) is the folder; default the bundled one.
     Exits 2 when any problem is found.
 
     \b
     Example:
         priorauth lint
         priorauth lint my-criteria/
+        priorauth lint --criteria my-criteria/ --json
     """
     from ..criteria.lint import lint_criteria
 
-    problems, count = lint_criteria(path)
+    if path is not None and criteria_dir is not None and Path(path) != Path(criteria_dir):
+        raise UserError("give the criteria folder once: PATH or --criteria, not both")
+    problems, count = lint_criteria(path if path is not None else criteria_dir)
     if as_json:
         click.echo(json.dumps({"policies": count, "problems": problems}, indent=2))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..engine.determination import Determination
+from ..engine.result import evidence_where
 
 MARK = {"met": "MET", "not_met": "NOT MET", "unknown": "UNKNOWN"}
 HEADLINE = {
@@ -24,18 +25,19 @@ def explain(det: Determination, style=lambda text, **kw: text) -> str:
     out.append(f"As of: {det.referral.date}  Request: {det.referral.request.therapy} "
                f"{det.referral.request.product} ({det.referral.request.request_type})")
     out.append(f"Pathways met: {', '.join(det.pathways_met) or 'none'}")
-    if det.result is not None:
+    criteria = det.criteria()  # the very list `check --json` prints: the two never disagree
+    if criteria:
         out += ["", "Criteria:"]
         depth: dict[str, int] = {}
-        for r, parent in det.flat:
-            d = depth[r.node.id] = depth.get(parent, -1) + 1 if parent else 0
+        for c in criteria:
+            d = depth[c["id"]] = depth.get(c["parent"], -1) + 1 if c["parent"] else 0
             pad = "  " * (d + 1)
-            mark = style(f"[{MARK[r.status]}]", fg=colour[r.status])
-            flag = "" if r.node.verified else "  (rule not confirmed in a published source)"
-            out.append(f"{pad}{mark} {r.node.label}{flag}")
-            out.append(f"{pad}    {r.reason}")
-            for e in r.evidence:
-                out.append(f"{pad}    - {e.where}: {e.summary}")
+            mark = style(f"[{MARK[c['status']]}]", fg=colour[c["status"]])
+            flag = "" if c["verified"] else "  (rule not confirmed in a published source)"
+            out.append(f"{pad}{mark} {c['label']}{flag}")
+            out.append(f"{pad}    {c['reason']}")
+            for e in c["evidence"]:
+                out.append(f"{pad}    - {evidence_where(e['kind'], e['index'])}: {e['summary']}")
     if det.missing:
         out += ["", style("What to document:", bold=True)] + [f"  - {m}" for m in det.missing]
     reasons = det.reasons()

@@ -27,6 +27,7 @@ from ..core.resources import criteria_dir
 from ..core.yamlio import read_yaml
 from ..engine.leaves import Dosing, Node
 from ..engine.nodes import walk
+from ..model.referral import Therapy
 
 
 
@@ -126,13 +127,27 @@ class Vocabulary(_Strict):
         return {cid: c.label for cid, c in self.classes.items()}
 
 
+class TherapySpec(_Strict):
+    label: str
+    short: str
+    dose_basis: Literal["weight", "fixed"]
+
+    @property
+    def fixed_dose(self) -> bool:
+        return self.dose_basis == "fixed"
+
+
+class TherapyTable(_Strict):
+    therapies: dict[Therapy, TherapySpec]
+
+
 class BillingUnit(_Strict):
     amount: float = Field(gt=0)
     of: Literal["g", "mg"]
 
 
 class Product(_Strict):
-    therapy: Literal["ivig", "scig", "rituximab"]
+    therapy: Therapy
     hcpcs: str
     unit: BillingUnit
     vials: list[float] = []
@@ -197,7 +212,7 @@ class Authorization(_Strict):
 class Policy(_Strict):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     title: str
-    therapy: Literal["ivig", "scig", "rituximab"]
+    therapy: Therapy
     payer: str = "baseline"
     version: str
     effective: IsoDate
@@ -424,6 +439,7 @@ class Criteria:
     root: Path
     vocabulary: Vocabulary
     products: ProductTable
+    therapies: dict[str, TherapySpec]
     policies: list[Policy] = field(default_factory=list)
     safety: SafetyRules = field(default_factory=lambda: SafetyRules(rules={}))
     selection_cache: dict = field(default_factory=dict, repr=False)
@@ -495,12 +511,13 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
         raise CriteriaError(f"{root}: criteria folder not found")
     vocabulary = load_model(Vocabulary, root / "drugs.yaml")
     products = load_model(ProductTable, root / "products.yaml")
+    therapies = load_model(TherapyTable, root / "therapies.yaml").therapies
     raw = load_raw_policies(root)
     # Abstract policies are patterns: only what extends them is complete enough to validate.
     policies = [build_policy(key, raw) for key, (_, data) in raw.items() if not data.get("abstract")]
     safety_file = root / "safety.yaml"
     safety = load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
-    return Criteria(root, vocabulary, products, policies, safety)
+    return Criteria(root, vocabulary, products, therapies, policies, safety)
 
 
 def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str, on: Date) -> Optional[Policy]:

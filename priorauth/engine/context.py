@@ -41,12 +41,14 @@ class Context:
     # Plain attributes, not properties: the leaves ask for them often.
     verified: frozenset = field(init=False)  # policy.verified_nodes: is_verified, once per policy
     vocab: Any = field(init=False)
+    therapy: Any = field(init=False)  # the request's row of criteria/therapies.yaml
     as_of: Date = field(init=False)
     memo: dict = field(init=False)  # policy._memo (see _options)
 
     def __post_init__(self) -> None:
         self.verified = self.policy.verified_nodes
         self.vocab = self.criteria.vocabulary
+        self.therapy = self.criteria.therapies[self.referral.request.therapy]
         self.as_of = self.referral.date
         self.memo = self.policy._memo
 
@@ -54,7 +56,7 @@ class Context:
         """The dosing computation, once per referral (dosing and unit-cap leaves share it)."""
         if self._dosing is None:
             limits = self.policy.dosing_node(self.referral.request.request_type)
-            self._dosing = assess_dosing(self.referral, self.criteria.products, limits, self.warnings)
+            self._dosing = assess_dosing(self.referral, self.criteria.products, self.therapy, limits, self.warnings)
         return self._dosing
 
     def facts(self):

@@ -129,7 +129,8 @@ def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tu
         # Nothing to evaluate (reasons() says why), but the chart's unknown drug names and
         # the dose are still worth showing.
         resolve_treatments(referral, criteria.vocabulary, warnings)
-        dosing = compute_dosing(referral, criteria.products, DEFAULT_ADJUSTED_WEIGHT_BMI, warnings)
+        dosing = compute_dosing(referral, criteria.products, criteria.therapies[referral.request.therapy],
+                                DEFAULT_ADJUSTED_WEIGHT_BMI, warnings)
         return Determination(referral, None, "not_eligible", None, [], [], dosing, warnings), None
     ctx = make_context(referral, criteria, policy, warnings)
     result = evaluate_node(policy.tree_for(referral.request.request_type), ctx)

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from functools import lru_cache
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from typing import Any, Optional
 
+from ..core.numbers import round1
 from ..model.referral import Patient, Referral
 
 CM_PER_INCH = 2.54
@@ -20,23 +21,6 @@ DEVINE_BASE_KG = {"male": 50.0, "female": 45.5}
 DEVINE_KG_PER_INCH = 2.3
 ADJUSTED_FRACTION = 0.4
 DEFAULT_ADJUSTED_WEIGHT_BMI = 30.0  # when no policy applies (the baseline's threshold)
-
-
-def round1(x: float) -> float:
-    """Round half up to 0.1 (not banker's rounding: 136.45 g is 136.5 g)."""
-    text = repr(x)  # the shortest decimal that reads back as x: what is rounded
-    if type(x) is float:
-        whole, dot, frac = text.partition(".")
-        if dot and "e" not in frac:
-            # Plain "-123.456" (a few calls a referral, and Decimal is slow): the tenths, plus
-            # one when the next digit is 5 or more, away from zero as ROUND_HALF_UP does.
-            # int / int is correctly rounded, as float(Decimal) is: the same float.
-            tenths = abs(int(whole)) * 10 + int(frac[0]) + (len(frac) > 1 and frac[1] >= "5")
-            return -(tenths / 10) if whole[0] == "-" else tenths / 10
-    return float(Decimal(text).quantize(_TENTH, rounding=ROUND_HALF_UP))
-
-
-_TENTH = Decimal("0.1")
 
 
 @lru_cache(maxsize=4096)
@@ -97,23 +81,26 @@ class DosingCheck:
     dosing: Optional[dict] = None
 
 
-def compute(referral: Referral, products: Any, bmi_threshold: float, warnings: list[str],
+def compute(referral: Referral, products: Any, therapy: Any, bmi_threshold: float, warnings: list[str],
             weight: Optional[DosingWeight] = None) -> Optional[dict]:
-    """The determination's `dosing` object (spec section 3); None when it cannot be computed."""
+    """The determination's `dosing` object (spec section 3); None when it cannot be computed.
+
+    `therapy` is the requested therapy's row of criteria/therapies.yaml: it says whether the
+    dose is fixed (mg a dose) or by weight (g/kg a cycle)."""
     req = referral.request
-    therapy, name = req.therapy, req.product
+    name = req.product
     found = products.find(name)
     if found is None:
         warnings.append(f"unknown product {name!r}: HCPCS code and billing units not computed")
         brand, product = name, None
     else:
         brand, product = found
-        if product.therapy != therapy:
-            warnings.append(f"product {brand} is {product.therapy}, but the request is for {therapy}")
+        if product.therapy != req.therapy:
+            warnings.append(f"product {brand} is {product.therapy}, but the request is for {req.therapy}")
         if not product.verified:
             warnings.append(f"HCPCS code {product.hcpcs} for {brand} is not verified: {product.note or 'check the payer'}")
     hcpcs = product.hcpcs if product else None
-    if therapy == "rituximab":
+    if therapy.fixed_dose:
         if req.dose_mg is None:
             return None
         units = math.ceil(req.dose_mg / product.unit.amount) if product and product.unit.of == "mg" else None
@@ -157,16 +144,16 @@ def _evaluate_names() -> tuple:
 
 
 @lru_cache(maxsize=256, typed=True)
-def _limit_checks(rituximab: bool, max_mg_per_dose, max_doses, max_g_per_kg_per_cycle, min_interval_weeks,
+def _limit_checks(fixed_dose: bool, max_mg_per_dose, max_doses, max_g_per_kg_per_cycle, min_interval_weeks,
                   days_per_cycle) -> tuple:
     """The checks a policy's limits ask for, with their texts, worked out once per set of limits:
     (request field, label, lowest, highest, limit text, what to document)."""
-    if rituximab:
+    if fixed_dose:
         checks = [
             max_mg_per_dose and ("dose_mg", "dose (mg)", None, max_mg_per_dose,
-                                 f"at most {max_mg_per_dose:g} mg a dose", "requested rituximab dose in mg"),
+                                 f"at most {max_mg_per_dose:g} mg a dose", "requested dose in mg"),
             max_doses and ("doses", "number of doses", None, max_doses,
-                           f"at most {max_doses} doses", "number of rituximab doses requested"),
+                           f"at most {max_doses} doses", "number of doses requested"),
         ]
     else:
         lo, hi = days_per_cycle or (None, None)
@@ -194,19 +181,19 @@ def _verdict(check: tuple, value: float) -> tuple[bool, str]:
     return False, f"{label} {value:g} exceeds the policy's {limit_text}"
 
 
-def assess(referral: Referral, products: Any, limits: Any, warnings: list[str]) -> DosingCheck:
+def assess(referral: Referral, products: Any, therapy: Any, limits: Any, warnings: list[str]) -> DosingCheck:
     """Compare the request with the policy's dose limits (a `dosing` node)."""
     MET, NOT_MET, UNKNOWN, Evidence, kleene_all = _evaluate_names()
 
     req = referral.request
     # One dosing weight serves both the output object and the limit check.
     weight = dosing_weight(referral.patient, limits.adjusted_weight_bmi)
-    dosing = compute(referral, products, limits.adjusted_weight_bmi, warnings, weight)
+    dosing = compute(referral, products, therapy, limits.adjusted_weight_bmi, warnings, weight)
     parts: list[tuple[str, str]] = []  # (status, sentence)
     missing: list[str] = []
 
-    rituximab = req.therapy == "rituximab"
-    checks = _limit_checks(rituximab, limits.max_mg_per_dose, limits.max_doses, limits.max_g_per_kg_per_cycle,
+    fixed = therapy.fixed_dose
+    checks = _limit_checks(fixed, limits.max_mg_per_dose, limits.max_doses, limits.max_g_per_kg_per_cycle,
                            limits.min_interval_weeks, limits.days_per_cycle)
     for check in checks:
         value = getattr(req, check[0])
@@ -216,7 +203,7 @@ def assess(referral: Referral, products: Any, limits: Any, warnings: list[str]) 
         else:
             within, sentence = _verdict(check, value)
             parts.append((MET if within else NOT_MET, sentence))
-    if not rituximab:
+    if not fixed:
         if weight.kg is None:
             parts.append((UNKNOWN, "dosing weight cannot be computed"))
             missing.extend(weight.missing)
@@ -227,12 +214,12 @@ def assess(referral: Referral, products: Any, limits: Any, warnings: list[str]) 
 
     status = kleene_all([s for s, _ in parts]) if parts else MET
     shown = [t for s, t in parts if s == status] if status != MET else [t for _, t in parts]
-    evidence = [Evidence("request", None, _request_summary(req, dosing))]
+    evidence = [Evidence("request", None, _request_summary(req, dosing, fixed))]
     return DosingCheck(status, "; ".join(shown) or "no dose limits in this policy", evidence, missing, dosing)
 
 
-def _request_summary(req, dosing: Optional[dict]) -> str:
-    if req.therapy == "rituximab":
+def _request_summary(req, dosing: Optional[dict], fixed_dose: bool) -> str:
+    if fixed_dose:
         return f"{req.product} {req.dose_mg or '?'} mg x {req.doses or '?'} doses"
     text = f"{req.product} {req.dose_g_per_kg or '?'} g/kg over {req.days_per_cycle or '?'} days every {req.interval_weeks or '?'} weeks"
     if dosing:

@@ -48,8 +48,13 @@ class Evidence:
     @property
     def where(self) -> str:
         """`treatments[1]`: the referral field the evidence comes from."""
-        field = PLURAL.get(self.kind, self.kind)
-        return f"{field}[{self.index}]" if self.index is not None else field
+        return evidence_where(self.kind, self.index)
+
+
+def evidence_where(kind: str, index: Optional[int]) -> str:
+    """`treatments[1]`: the referral field a piece of evidence comes from."""
+    field = PLURAL.get(kind, kind)
+    return f"{field}[{index}]" if index is not None else field
 
 
 PLURAL = {"finding": "findings", "treatment": "treatments", "diagnosis": "diagnoses",

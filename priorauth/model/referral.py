@@ -147,8 +147,12 @@ class Assessment(_Model):
         return value.lower().replace("-", "").replace(" ", "_")
 
 
+# The contract's therapies (spec section 1); criteria/therapies.yaml says how each is dosed.
+Therapy = Literal["ivig", "scig", "rituximab"]
+
+
 class Request(_Model):
-    therapy: Literal["ivig", "scig", "rituximab"]
+    therapy: Therapy
     product: Text = Field(description="brand name; criteria/products.yaml gives HCPCS code and billing unit")
     request_type: Literal["initial", "continuation"] = "initial"
     dose_g_per_kg: Optional[float] = Field(default=None, gt=0)

@@ -64,7 +64,7 @@ def _dosing(node: Dosing, ctx: Context) -> Result:
 @register(UnitCap, describe=lambda node, vocab: f"at most {node.max_units} billing units in any {node.per_days} days")
 def _unit_cap(node: UnitCap, ctx: Context) -> Result:
     d, req = ctx.dosing().dosing, ctx.referral.request
-    if req.therapy == "rituximab":
+    if ctx.therapy.fixed_dose:
         per_dose = d and d.get("billing_units_per_dose")
         units = per_dose * (req.doses or 1) if per_dose else None
         how = f"{per_dose} units x {req.doses or 1} doses" if per_dose else ""
