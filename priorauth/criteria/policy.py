@@ -131,6 +131,7 @@ class TherapySpec(_Strict):
     label: str
     short: str
     dose_basis: Literal["weight", "fixed"]
+    drug_class: str = Field(description="the drugs.yaml class whose treatments are earlier courses of it")
 
     @property
     def fixed_dose(self) -> bool:

@@ -9,6 +9,7 @@ from typing import Any, Optional
 from dateutil.relativedelta import relativedelta
 
 from .context import make_context, resolve_treatments
+from .course import course_of
 from .dosing import DEFAULT_ADJUSTED_WEIGHT_BMI, compute as compute_dosing
 from .result import MET, NOT_MET, UNKNOWN, Result
 from .tree import evaluate_node
@@ -31,6 +32,7 @@ class Determination:
     safety: list[dict] = field(default_factory=list)
     flat: list = field(default_factory=list, repr=False)  # result.walk(), once
     vocabulary: Any = field(default=None, repr=False)  # the drug names letters word treatments with
+    course: dict = field(default_factory=dict)  # earlier courses of the therapy, patient age (engine.course)
 
     @property
     def referral_id(self) -> str:
@@ -103,6 +105,7 @@ class Determination:
             "authorization": self.authorization(),
             "safety": self.safety,
             "warnings": self.warnings,
+            "course": self.course,
         }
 
 
@@ -128,16 +131,18 @@ def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tu
     if policy is None:
         # Nothing to evaluate (reasons() says why), but the chart's unknown drug names and
         # the dose are still worth showing.
-        resolve_treatments(referral, criteria.vocabulary, warnings)
+        treatments = resolve_treatments(referral, criteria.vocabulary, warnings)
         dosing = compute_dosing(referral, criteria.products, criteria.therapies[referral.request.therapy],
                                 DEFAULT_ADJUSTED_WEIGHT_BMI, warnings)
-        return Determination(referral, None, "not_eligible", None, [], [], dosing, warnings), None
+        course = course_of(referral, treatments, criteria.vocabulary, criteria.therapies[referral.request.therapy])
+        return Determination(referral, None, "not_eligible", None, [], [], dosing, warnings, course=course), None
     ctx = make_context(referral, criteria, policy, warnings)
     result = evaluate_node(policy.tree_for(referral.request.request_type), ctx)
     flat = result.walk()
     pathways = [r.node.id for r, _ in flat if r.status == MET and r.node.pathway]
     det = Determination(referral, policy, OUTCOMES[result.status], result, pathways,
-                        list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat)
+                        list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat,
+                        course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy))
     return det, ctx._facts  # None unless a safety leaf needed them
 
 
