@@ -18,7 +18,7 @@ from priorauth.criteria.policy import load_criteria
 from priorauth.engine.determination import determine
 from priorauth.cli.main import cli
 from priorauth.engine.dosing import round1
-from priorauth.io.fhir import referral_data_from_bundle
+from priorauth.io import fhir
 from priorauth.io.readers import read_referral
 from priorauth.model.referral import referral_from_data
 
@@ -39,9 +39,18 @@ SUPPLEMENT = {
 }
 
 
+CRIT = load_criteria()  # the bundled criteria, loaded once: the importer is handed what it needs
+
+
 @pytest.fixture(scope="module")
 def crit():
-    return load_criteria()
+    return CRIT
+
+
+def referral_data_from_bundle(data, source, *, criteria=CRIT, **kw):
+    """The importer with the bundled criteria's maps, vocabulary and product table."""
+    return fhir.referral_data_from_bundle(data, source, maps=fhir.load_maps(criteria.root / "fhir"),
+                                          vocabulary=criteria.vocabulary, products=criteria.products, **kw)
 
 
 def load_json(path: Path) -> dict:
@@ -170,7 +179,7 @@ def test_check_on_a_bare_synthea_bundle_says_what_to_supply():
     ("pv-bundle.json", "pv-fhir-equivalent.yaml", ["flare_on_taper"]),
 ])
 def test_own_bundles_decide_like_their_yaml_referrals(crit, bundle, equivalent, pathways):
-    from_fhir, warnings = read_referral(SAMPLES / bundle)
+    from_fhir, warnings = read_referral(SAMPLES / bundle, criteria=crit)
     from_yaml, _ = read_referral(SAMPLES / equivalent)
     a, b = determine(from_fhir, crit, warnings), determine(from_yaml, crit)
     assert a.determination == b.determination == "meets_criteria"
