@@ -44,17 +44,25 @@ def _is_text(value: str) -> bool:
 def _read(referral: ReferralLike, criteria: CriteriaLike) -> tuple[Referral, list[str]]:
     if isinstance(referral, Referral):
         return referral, []
-    crit_dir = None if isinstance(criteria, Criteria) or criteria is None else criteria
-    if isinstance(criteria, Criteria):
-        crit_dir = criteria.root
     if isinstance(referral, Mapping):
         data = dict(referral)
         if "resourceType" in data:
             return import_fhir(data, criteria=criteria, with_warnings=True)
         return referral_from_data(data, "referral"), []
+    # A FHIR bundle is read with the criteria's names and maps; a YAML referral loads none.
     if isinstance(referral, str) and _is_text(referral):
-        return read_referral("<text>", referral, crit_dir)
-    return read_referral(referral, None, crit_dir)
+        return read_referral("<text>", referral, criteria=_LazyCriteria(criteria))
+    return read_referral(referral, None, criteria=_LazyCriteria(criteria))
+
+
+class _LazyCriteria:
+    """The criteria, loaded (once per folder, cached) only if a reader asks for them."""
+
+    def __init__(self, criteria: CriteriaLike):
+        self._given = criteria
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(load_criteria(self._given), name)
 
 
 def load_referral(referral: ReferralLike, *, criteria: CriteriaLike = None) -> Referral:
@@ -96,7 +104,7 @@ def render_letter(determination: Determination, fmt: str = "docx", *, kind: Opti
 def import_fhir(bundle: Union[Mapping[str, Any], str, Path], *, criteria: CriteriaLike = None,
                 supplement: Optional[Mapping[str, Any]] = None, with_warnings: bool = False):
     """A FHIR R4 Bundle (mapping, JSON text or path) -> `Referral` (and warnings if asked)."""
-    from .io.fhir import referral_data_from_bundle
+    from .io.fhir import load_maps, referral_data_from_bundle
 
     source = "bundle"
     if isinstance(bundle, (str, Path)) and not (isinstance(bundle, str) and _is_text(bundle)):
@@ -106,8 +114,9 @@ def import_fhir(bundle: Union[Mapping[str, Any], str, Path], *, criteria: Criter
         bundle = parse_text(bundle, source)
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
         raise InputError(f"{source}: resourceType: expected a FHIR Bundle")
-    crit_dir = criteria.root if isinstance(criteria, Criteria) else criteria
-    data, warnings = referral_data_from_bundle(dict(bundle), source, criteria_dir=crit_dir,
+    crit = load_criteria(criteria)
+    data, warnings = referral_data_from_bundle(dict(bundle), source, maps=load_maps(Path(crit.root) / "fhir"),
+                                               vocabulary=crit.vocabulary, products=crit.products,
                                                supplement=dict(supplement) if supplement else None)
     ref = referral_from_data(data, source)
     return (ref, warnings) if with_warnings else ref

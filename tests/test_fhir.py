@@ -18,7 +18,7 @@ from priorauth.criteria.policy import load_criteria
 from priorauth.engine.determination import determine
 from priorauth.cli.main import cli
 from priorauth.engine.dosing import round1
-from priorauth.io.fhir import referral_data_from_bundle
+from priorauth.io import fhir
 from priorauth.io.readers import read_referral
 from priorauth.model.referral import referral_from_data
 
@@ -39,9 +39,18 @@ SUPPLEMENT = {
 }
 
 
+CRIT = load_criteria()  # the bundled criteria, loaded once: the importer is handed what it needs
+
+
 @pytest.fixture(scope="module")
 def crit():
-    return load_criteria()
+    return CRIT
+
+
+def referral_data_from_bundle(data, source, *, criteria=CRIT, **kw):
+    """The importer with the bundled criteria's maps, vocabulary and product table."""
+    return fhir.referral_data_from_bundle(data, source, maps=fhir.load_maps(criteria.root / "fhir"),
+                                          vocabulary=criteria.vocabulary, products=criteria.products, **kw)
 
 
 def load_json(path: Path) -> dict:
@@ -170,7 +179,7 @@ def test_check_on_a_bare_synthea_bundle_says_what_to_supply():
     ("pv-bundle.json", "pv-fhir-equivalent.yaml", ["flare_on_taper"]),
 ])
 def test_own_bundles_decide_like_their_yaml_referrals(crit, bundle, equivalent, pathways):
-    from_fhir, warnings = read_referral(SAMPLES / bundle)
+    from_fhir, warnings = read_referral(SAMPLES / bundle, criteria=crit)
     from_yaml, _ = read_referral(SAMPLES / equivalent)
     a, b = determine(from_fhir, crit, warnings), determine(from_yaml, crit)
     assert a.determination == b.determination == "meets_criteria"
@@ -538,3 +547,122 @@ def test_help_ends_with_an_example():
     result = CliRunner().invoke(cli, ["import-fhir", "--help"])
     assert result.exit_code == 0
     assert "Example:" in result.output and "priorauth import-fhir" in result.output.split("Example:")[1]
+
+
+# ------------------------------------------------------------------ the importer is handed what it needs (issue 12)
+
+
+def _fhir_batch_input(tmp_path: Path, n: int) -> Path:
+    inp = tmp_path / "in"
+    inp.mkdir()
+    bundle = load_json(SAMPLES / "dm-bundle.json")
+    for i in range(n):
+        bundle["id"] = f"dm-fhir-{i:04d}"
+        (inp / f"b{i}.json").write_text(json.dumps(bundle), encoding="utf-8")
+    return inp
+
+
+def _worklist(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "worklist.csv", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_fhir_batch_honours_criteria(tmp_path):
+    import shutil
+
+    from priorauth.batch.run import run_batch
+
+    inp = _fhir_batch_input(tmp_path, 2)
+    other = tmp_path / "criteria"
+    shutil.copytree(CRIT.root, other)
+    payers = other / "fhir" / "payers.yaml"
+    payers.write_text(payers.read_text(encoding="utf-8") + "  medicare: acme-health\n", encoding="utf-8")
+    run_batch(inp, tmp_path / "bundled", jobs=1, formats=())
+    run_batch(inp, tmp_path / "copy", jobs=1, formats=(), criteria_dir=other)
+    assert {r["payer"] for r in _worklist(tmp_path / "bundled")} == {"medicare"}
+    assert {r["payer"] for r in _worklist(tmp_path / "copy")} == {"acme-health"}
+    # and through the command line's --criteria
+    result = CliRunner().invoke(cli, ["batch", str(inp), "-o", str(tmp_path / "cli"), "--no-letters",
+                                      "--jobs", "1", "--criteria", str(other)])
+    assert result.exit_code == 0, result.output
+    assert {r["payer"] for r in _worklist(tmp_path / "cli")} == {"acme-health"}
+
+
+def test_fhir_batch_loads_criteria_and_maps_once(tmp_path, monkeypatch):
+    from priorauth.batch.run import run_batch
+    from priorauth.criteria import policy
+    from priorauth.io.fhir import maps
+
+    calls = {"criteria": 0, "map files": 0}
+    real_criteria, real_map = policy.load_criteria, maps._load_map
+
+    def count_criteria(*a, **kw):
+        calls["criteria"] += 1
+        return real_criteria(*a, **kw)
+
+    def count_map(*a, **kw):
+        calls["map files"] += 1
+        return real_map(*a, **kw)
+
+    monkeypatch.setattr(policy, "load_criteria", count_criteria)
+    monkeypatch.setattr(maps, "_load_map", count_map)
+    monkeypatch.setattr(maps, "_CACHE", {})
+    summary = run_batch(_fhir_batch_input(tmp_path, 5), tmp_path / "out", jobs=1, formats=())
+    assert summary.determinations["meets_criteria"] == 5
+    assert calls == {"criteria": 1, "map files": len(maps.MAP_FILES)}
+
+
+def test_maps_are_cached_per_folder_and_reloaded_when_a_file_changes(tmp_path):
+    import shutil
+
+    from priorauth.io.fhir import load_maps
+
+    folder = tmp_path / "fhir"
+    shutil.copytree(CRIT.root / "fhir", folder)
+    first = load_maps(folder)
+    assert load_maps(folder) is first
+    assert load_maps(CRIT.root / "fhir") is not first  # another folder, its own maps
+    payers = folder / "payers.yaml"
+    payers.write_text(payers.read_text(encoding="utf-8") + "  acme: acme-health\n", encoding="utf-8")
+    os.utime(payers, ns=(payers.stat().st_atime_ns, payers.stat().st_mtime_ns + 10**9))
+    again = load_maps(folder)
+    assert again is not first and again.payers.aliases["acme"] == "acme-health"
+
+
+def test_a_fhir_bundle_without_criteria_is_a_clear_error():
+    from priorauth.core.errors import InputError
+
+    with pytest.raises(InputError, match="criteria"):
+        read_referral(SAMPLES / "dm-bundle.json")
+    assert read_referral(SAMPLES / "dm-fhir-equivalent.yaml")[0].referral_id == "dm-fhir-0001"  # YAML needs none
+
+
+def test_io_imports_no_criteria_module():
+    import ast
+
+    io_dir = ROOT / "priorauth" / "io"
+    files = sorted(io_dir.rglob("*.py"))
+    assert len(files) >= 7
+    for path in files:
+        package = ["priorauth", *path.relative_to(ROOT / "priorauth").parent.parts]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package[:len(package) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                names = [module] + [f"{module}.{a.name}" for a in node.names]
+            else:
+                continue
+            bad = [n for n in names if n == "priorauth.criteria" or n.startswith("priorauth.criteria.")]
+            assert not bad, f"{path.relative_to(ROOT)}:{node.lineno} imports {bad[0]}"
+
+
+def test_importing_and_running_the_fhir_reader_loads_no_criteria_module():
+    code = ("import sys, json; from priorauth.io.fhir import referral_data_from_bundle, load_maps; "
+            "from priorauth.io import readers; "
+            "print(sorted(m for m in sys.modules if m.startswith('priorauth.criteria')))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.stdout.split() == ["[]"], run.stderr

@@ -408,7 +408,7 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
             return (seq, source, "fresh", h, None, "invalid", None, None, None,
                     f"not UTF-8 text (bad byte at offset {exc.start})", None)
         try:
-            referral, warnings = read_referral(source, text)
+            referral, warnings = read_referral(source, text, criteria=w.criteria)
         except InputError as exc:
             m = _ID_IN_TEXT.search(text)
             return (seq, source, "fresh", h, m.group(1) if m else None, "invalid", None, None, None,

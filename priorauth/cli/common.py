@@ -48,6 +48,7 @@ def read_referral(path: str, criteria_dir: Path | None = None):
     """(referral, import warnings) from a path, or standard input for `-`."""
     from ..io.readers import read_referral as read
 
+    criteria = criteria_for(criteria_dir)  # cached per folder: a FHIR bundle is read with its names and maps
     if path == "-":
-        return read("<stdin>", sys.stdin.read(), criteria_dir)
-    return read(path, None, criteria_dir)
+        return read("<stdin>", sys.stdin.read(), criteria=criteria)
+    return read(path, None, criteria=criteria)

@@ -55,10 +55,13 @@ def import_fhir(bundle, request_file, payer, member_id, output, as_json, force, 
         raise UserError(f"{source}: resourceType: not a FHIR resource (expected a JSON Bundle)")
     supplement = _read_supplement(request_file)
 
-    from ..io.fhir import referral_data_from_bundle
+    from ..io.fhir import load_maps, referral_data_from_bundle
+    from .common import criteria_for
 
-    referral, warnings = referral_data_from_bundle(data, source, supplement=supplement, payer=payer,
-                                                   member_id=member_id, criteria_dir=criteria_dir)
+    crit = criteria_for(criteria_dir)
+    referral, warnings = referral_data_from_bundle(data, source, maps=load_maps(Path(crit.root) / "fhir"),
+                                                   vocabulary=crit.vocabulary, products=crit.products,
+                                                   supplement=supplement, payer=payer, member_id=member_id)
     referral_from_data(referral, source)  # what is written must be a valid referral
     for warning in warnings:
         click.echo(f"warning: {warning}", err=True)

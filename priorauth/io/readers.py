@@ -8,20 +8,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ..core.errors import InputError
 from ..core.yamlio import parse_text, read_text
 from ..model.referral import Referral, referral_from_data
 
-Convert = Callable[[dict, str, Optional[Path]], tuple[dict, list[str]]]
+Convert = Callable[[dict, str, Any], tuple[dict, list[str]]]
 
 
 @dataclass(frozen=True)
 class Reader:
+    """`convert(document, source, criteria)`: `criteria` is the caller's loaded criteria
+    (duck-typed: `.root`, `.vocabulary`, `.products`) or None; a reader loads none itself."""
+
     name: str
     accepts: Callable[[Any], bool]
-    convert: Convert  # (document, source, criteria folder) -> (referral data, warnings)
+    convert: Convert  # (document, source, criteria) -> (referral data, warnings)
 
 
 READERS: list[Reader] = []
@@ -32,42 +35,47 @@ def register(reader: Reader) -> Reader:
     return reader
 
 
-def _fhir(data: dict, source: str, criteria_dir: Optional[Path]) -> tuple[dict, list[str]]:
-    from .fhir import referral_data_from_bundle  # only FHIR inputs pay for this import
+def _fhir(data: dict, source: str, criteria: Any) -> tuple[dict, list[str]]:
+    from .fhir import load_maps, referral_data_from_bundle  # only FHIR inputs pay for this import
 
-    return referral_data_from_bundle(data, source, criteria_dir=criteria_dir)
+    if criteria is None:
+        raise InputError(f"{source}: a FHIR bundle is read with the criteria's drug names and code maps, "
+                         "and none were given (pass the loaded criteria: read_referral(..., criteria=...))")
+    return referral_data_from_bundle(data, source, maps=load_maps(Path(criteria.root) / "fhir"),
+                                     vocabulary=criteria.vocabulary, products=criteria.products)
 
 
 register(Reader("fhir", lambda d: isinstance(d, dict) and "resourceType" in d, _fhir))
 
 
-def referral_from_document(data: Any, source: str,
-                           criteria_dir: str | Path | None = None) -> tuple[Referral, list[str]]:
+def referral_from_document(data: Any, source: str, criteria: Any = None) -> tuple[Referral, list[str]]:
     """A parsed document in any registered format -> (referral, import warnings)."""
     warnings: list[str] = []
     for reader in READERS:
         if reader.accepts(data):
-            data, warnings = reader.convert(data, source, Path(criteria_dir) if criteria_dir else None)
+            data, warnings = reader.convert(data, source, criteria)
             break
     return referral_from_data(data, source), warnings
 
 
-def read_referral(path: str | Path, text: str | None = None,
-                  criteria_dir: str | Path | None = None) -> tuple[Referral, list[str]]:
+def read_referral(path: str | Path, text: str | None = None, *,
+                  criteria: Any = None) -> tuple[Referral, list[str]]:
     """Read one referral (YAML, JSON, or a FHIR R4 Bundle) -> (referral, import warnings).
 
     `text` overrides reading `path` (stdin, JSON Lines). Import warnings name what a FHIR
-    bundle held that could not be mapped; YAML and JSON referrals have none. `criteria_dir`
-    is the criteria folder whose drug names and code maps a FHIR import uses.
+    bundle held that could not be mapped; YAML and JSON referrals have none. `criteria` is the
+    caller's loaded criteria (duck-typed: `.root`, `.vocabulary`, `.products`): a FHIR import
+    uses its drug names and the code maps in `root/fhir`; a FHIR bundle without it is an
+    InputError. Nothing here loads criteria.
     """
     source = str(path)
     if text is None:
         text = read_text(Path(path))
     if not text.strip():
         raise InputError(f"{source}: the file is empty")
-    return referral_from_document(parse_text(text, source), source, criteria_dir)
+    return referral_from_document(parse_text(text, source), source, criteria)
 
 
-def load_referral(path: str | Path, text: str | None = None) -> Referral:
+def load_referral(path: str | Path, text: str | None = None, *, criteria: Any = None) -> Referral:
     """Read one referral file; see read_referral for the warnings of a FHIR import."""
-    return read_referral(path, text)[0]
+    return read_referral(path, text, criteria=criteria)[0]

@@ -1,0 +1,276 @@
+"""A FHIR R4 Bundle: checked, validated with fhir.resources, indexed; references and dates.
+
+Only FHIR's shape lives here: no medical convention (those are the maps) and no referral
+field (those are the mappers). Messages name the file, the resource (type/id) and the
+field, never patient data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date as Date
+from typing import Any, Iterable, Optional
+
+from dateutil.parser import isoparse
+from pydantic import ValidationError
+
+from ...core.errors import InputError
+
+NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
+ICD10CM_SYSTEMS = {"http://hl7.org/fhir/sid/icd-10-cm", "urn:oid:2.16.840.1.113883.6.90"}
+SNOMED_SYSTEM = "http://snomed.info/sct"
+LOINC_SYSTEM = "http://loinc.org"
+DAYS_PER_CYCLE_URL = "https://priorauth.example.org/fhir/StructureDefinition/days-per-cycle"
+BUNDLE_TYPES = {"collection", "transaction", "searchset", "document", "batch"}
+#: resource types this importer reads; any other type is reported once as unused
+MAPPED_TYPES = {"Patient", "Coverage", "Practitioner", "PractitionerRole", "Organization", "Condition",
+                "Observation", "MedicationStatement", "MedicationRequest", "Medication", "AllergyIntolerance",
+                "AdverseEvent", "Procedure", "DiagnosticReport"}
+MAX_IDS_IN_WARNING = 5
+
+
+def rid(resource: dict) -> str:
+    """`MedicationRequest/abc`: how a resource is named in messages (never its content)."""
+    return f"{resource.get('resourceType')}/{resource.get('id') or '(no id)'}"
+
+
+def texts(concept: Any) -> list[str]:
+    """Human-readable words of a CodeableConcept (or a list of them): text and displays."""
+    if isinstance(concept, list):
+        return [t for c in concept for t in texts(c)]
+    if not isinstance(concept, dict):
+        return []
+    out = [concept["text"]] if concept.get("text") else []
+    out += [c["display"] for c in concept.get("coding") or [] if c.get("display")]
+    return list(dict.fromkeys(out))  # Synthea repeats the display as the text
+
+
+def codes(concept: Any, system: str | set[str]) -> list[str]:
+    systems = {system} if isinstance(system, str) else system
+    if isinstance(concept, list):
+        return [c for item in concept for c in codes(item, systems)]
+    if not isinstance(concept, dict):
+        return []
+    return [c["code"] for c in concept.get("coding") or [] if c.get("system") in systems and c.get("code")]
+
+
+def full_date(value: Any) -> Optional[Date]:
+    """The calendar date of a FHIR date/dateTime as written; None if absent or partial.
+
+    A partial date ("2019", "2019-03") is not a day: using its first day would invent a
+    start date, so callers report it instead.
+    """
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return isoparse(value[:10]).date()
+    except ValueError:
+        return None
+
+
+def first_date(*values: Any) -> Optional[Date]:
+    for value in values:
+        day = full_date(value)
+        if day:
+            return day
+    return None
+
+
+def period_start(period: Any) -> Any:
+    return period.get("start") if isinstance(period, dict) else None
+
+
+def period_end(period: Any) -> Any:
+    return period.get("end") if isinstance(period, dict) else None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.casefold()).strip("-")
+
+
+def sanitize_id(text: str) -> str:
+    """A Bundle or Patient id made fit for referral_id: [A-Za-z0-9._-]{1,64}."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:64]
+
+
+def human_name(names: Any) -> tuple[str, str, str]:
+    """(given, family, suffix) from the official (else first) HumanName."""
+    names = [n for n in names or [] if isinstance(n, dict)]
+    name = next((n for n in names if n.get("use") == "official"), names[0] if names else {})
+    def words(key: str) -> list[str]:  # FHIR JSON allows nulls in primitive arrays (paired with _given)
+        return [w for w in name.get(key) or [] if isinstance(w, str) and w.strip()]
+
+    return " ".join(words("given")), name.get("family") or "", ", ".join(words("suffix"))
+
+
+
+class Notes:
+    """Warnings, grouped so that 60 unmapped Observations make one line, not 60."""
+
+    def __init__(self) -> None:
+        self._groups: dict[tuple[str, str], list[str]] = {}
+        self._single: list[str] = []
+
+    def skip(self, resource: dict, why: str) -> None:
+        key = (str(resource.get("resourceType")), why)
+        self._groups.setdefault(key, []).append(str(resource.get("id") or "(no id)"))
+
+    def add(self, message: str) -> None:
+        self._single.append(message)
+
+    def lines(self) -> list[str]:
+        out = list(self._single)
+        for (rtype, why), ids in self._groups.items():
+            shown = ", ".join(ids[:MAX_IDS_IN_WARNING])
+            more = f" and {len(ids) - MAX_IDS_IN_WARNING} more" if len(ids) > MAX_IDS_IN_WARNING else ""
+            noun = f"{len(ids)} {rtype} resources" if len(ids) > 1 else rtype
+            out.append(f"FHIR import: {noun} not mapped ({shown}{more}): {why}")
+        return out
+
+
+@dataclass
+class Bundle:
+    source: str
+    data: dict
+    resources: list[dict] = field(default_factory=list)
+    index: dict[str, dict] = field(default_factory=dict)
+    used: set[int] = field(default_factory=set)  # id() of resources some mapping consumed
+
+    def of_type(self, rtype: str) -> list[dict]:
+        return [r for r in self.resources if r.get("resourceType") == rtype]
+
+    def error(self, where: str, problem: str) -> InputError:
+        return InputError(f"{self.source}: {where}: {problem}")
+
+    def resolve(self, ref: Any, owner: dict, fieldname: str, types: Iterable[str] = ()) -> Optional[dict]:
+        """The resource a Reference points to; None when it has no `reference` to follow.
+
+        A reference to a resource that is not in the bundle is an error: the mapping would
+        otherwise attach data to nobody (a MedicationRequest of another patient).
+        """
+        if not isinstance(ref, dict) or not ref.get("reference"):
+            return None
+        target = self._lookup(ref["reference"], owner)
+        if target is None:
+            raise self.error(f"{rid(owner)} {fieldname}",
+                             f"reference {ref['reference']!r} does not resolve to a resource in the bundle")
+        types = tuple(types)
+        if types and target.get("resourceType") not in types:
+            raise self.error(f"{rid(owner)} {fieldname}",
+                             f"refers to a {target.get('resourceType')}, expected {' or '.join(types)}")
+        return target
+
+    def _lookup(self, reference: str, owner: dict) -> Optional[dict]:
+        if reference.startswith("#"):
+            return next((c for c in owner.get("contained") or [] if c.get("id") == reference[1:]), None)
+        if reference in self.index:
+            return self.index[reference]
+        parts = reference.split("/_history/")[0].rstrip("/").split("/")
+        return self.index.get("/".join(parts[-2:])) if len(parts) >= 2 else None
+
+
+def check_entries(data: dict, source: str) -> None:
+    """What fhir.resources cannot report well: a non-Bundle, an unknown resource type."""
+    from fhir.resources.R4B import get_fhir_model_class
+
+    rtype = data.get("resourceType")
+    if rtype != "Bundle":
+        raise InputError(f"{source}: resourceType: expected a FHIR Bundle (collection, transaction or searchset), "
+                         f"got a {rtype!r} resource; export the patient's record as a Bundle")
+    if data.get("type") not in BUNDLE_TYPES:
+        raise InputError(f"{source}: Bundle.type: {data.get('type')!r} is not supported "
+                         f"(use collection, transaction or searchset)")
+    entries = data.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise InputError(f"{source}: Bundle.entry: the bundle holds no resources")
+    for i, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            raise InputError(f"{source}: entry[{i}].resource: missing (every entry needs a resource)")
+        try:
+            get_fhir_model_class(str(resource.get("resourceType")))
+        except (KeyError, ValueError):
+            raise InputError(f"{source}: entry[{i}].resource.resourceType: "
+                             f"{resource.get('resourceType')!r} is not a FHIR R4 resource type") from None
+
+
+def validate(data: dict, source: str) -> None:
+    """Structure and types through fhir.resources' R4B models (imported only here)."""
+    from fhir.resources.R4B.bundle import Bundle as BundleModel
+
+    try:
+        BundleModel.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{source}: not a valid FHIR R4 Bundle: {exc.error_count()} problem(s)"]
+        for err in exc.errors(include_url=False)[:20]:
+            lines.append(f"  {_where(data, err['loc'])}: {err['msg'].removeprefix('Value error, ')}")
+        raise InputError("\n".join(lines)) from None
+    except (KeyError, TypeError, ValueError) as exc:  # the library's own checks, outside pydantic's
+        raise InputError(f"{source}: not a valid FHIR R4 Bundle ({type(exc).__name__} in fhir.resources)") from None
+
+
+def _where(data: dict, loc: tuple) -> str:
+    """('entry', 3, 'resource', 'status') -> 'entry[3] MedicationRequest/x: status'."""
+    if len(loc) >= 3 and loc[0] == "entry" and isinstance(loc[1], int) and loc[2] == "resource":
+        resource = data["entry"][loc[1]].get("resource") or {}
+        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc[3:]).replace(".[", "[")
+        return f"entry[{loc[1]}] {rid(resource)}: {path or '(resource)'}"
+    return "Bundle." + ".".join(str(p) for p in loc) if loc else "Bundle"
+
+
+def index_bundle(data: dict, source: str) -> Bundle:
+    bundle = Bundle(source, data)
+    for entry in data["entry"]:
+        search_mode = (entry.get("search") or {}).get("mode")
+        resource = entry["resource"]
+        if search_mode == "outcome" or resource.get("resourceType") == "OperationOutcome":
+            continue  # a searchset's messages about the search, not patient data
+        if not resource.get("id") and entry.get("fullUrl"):
+            # Messages name resources by type/id; a transaction entry may have only a fullUrl.
+            resource = {**resource, "id": re.split(r"[:/]", entry["fullUrl"])[-1]}
+        bundle.resources.append(resource)
+        if entry.get("fullUrl"):
+            bundle.index[entry["fullUrl"]] = resource
+        if resource.get("id"):
+            bundle.index[f"{resource['resourceType']}/{resource['id']}"] = resource
+    return bundle
+
+
+
+def bundle_date(bundle: Bundle) -> Date:
+    """The referral's 'as of' date: the bundle's timestamp, else its newest event date.
+
+    Never the wall clock: the same bundle must give the same determination tomorrow.
+    """
+    stamp = full_date(bundle.data.get("timestamp"))
+    if stamp:
+        return stamp
+    days = [d for r in bundle.resources for d in event_dates(r) if d]
+    if not days:
+        raise bundle.error("Bundle.timestamp", "no timestamp and no dated resource: give `date:` in the request file")
+    return max(days)
+
+
+def event_dates(r: dict) -> list[Optional[Date]]:
+    """Dates at which something happened or was recorded (not planned validity periods)."""
+    values = [r.get(k) for k in ("effectiveDateTime", "effectiveInstant", "issued", "authoredOn", "recordedDate",
+                                 "onsetDateTime", "abatementDateTime", "performedDateTime", "occurrenceDateTime",
+                                 "dateAsserted", "created")]
+    for key in ("effectivePeriod", "performedPeriod"):
+        values += [period_start(r.get(key)), period_end(r.get(key))]
+    if r.get("resourceType") == "Encounter":
+        values += [period_start(r.get("period")), period_end(r.get("period"))]
+    return [full_date(v) for v in values]
+
+
+
+
+def the_patient(bundle: Bundle) -> dict:
+    """The bundle's one Patient (a referral is about one person)."""
+    patients = bundle.of_type("Patient")
+    if len(patients) != 1:
+        raise bundle.error("Patient", f"a referral is about one patient; the bundle holds {len(patients)} "
+                                      f"Patient resources")
+    bundle.used.add(id(patients[0]))
+    return patients[0]
