@@ -13,7 +13,7 @@ from datetime import date as Date
 from typing import Any, Optional
 
 from ...core.codes import normalize_icd10, npi_is_valid
-from ...engine.dosing import round1
+from ...core.numbers import round1
 from .bundle import (ICD10CM_SYSTEMS, LOINC_SYSTEM, NPI_SYSTEM, SNOMED_SYSTEM, codes, first_date, full_date,
                      human_name, period_end, period_start, rid, slug, texts)
 from .context import Context
