@@ -196,18 +196,33 @@ def check_entries(data: dict, source: str) -> None:
 
 
 def validate(data: dict, source: str) -> None:
-    """Structure and types through fhir.resources' R4B models (imported only here)."""
+    """Structure and types through fhir.resources' R4B models (imported only here).
+
+    The Bundle is validated without its entries' resources, and each resource with its own
+    model class: the same checks, in under half the time of validating the whole Bundle
+    (whose `entry.resource` is a polymorphic Resource that the library resolves and
+    validates again for every entry).
+    """
+    from fhir.resources.R4B import get_fhir_model_class
     from fhir.resources.R4B.bundle import Bundle as BundleModel
 
-    try:
-        BundleModel.model_validate(data)
-    except ValidationError as exc:
-        lines = [f"{source}: not a valid FHIR R4 Bundle: {exc.error_count()} problem(s)"]
-        for err in exc.errors(include_url=False)[:20]:
-            lines.append(f"  {_where(data, err['loc'])}: {err['msg'].removeprefix('Value error, ')}")
-        raise InputError("\n".join(lines)) from None
-    except (KeyError, TypeError, ValueError) as exc:  # the library's own checks, outside pydantic's
-        raise InputError(f"{source}: not a valid FHIR R4 Bundle ({type(exc).__name__} in fhir.resources)") from None
+    shell = {**data, "entry": [{k: v for k, v in entry.items() if k != "resource"} for entry in data["entry"]]}
+    parts = [((), BundleModel, shell)]
+    parts += [(("entry", i, "resource"), get_fhir_model_class(entry["resource"]["resourceType"]), entry["resource"])
+              for i, entry in enumerate(data["entry"])]
+    count, problems = 0, []
+    for prefix, model, value in parts:
+        try:
+            model.model_validate(value)
+        except ValidationError as exc:
+            count += exc.error_count()
+            problems += [(prefix + tuple(err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
+        except (KeyError, TypeError, ValueError) as exc:  # the library's own checks, outside pydantic's
+            raise InputError(f"{source}: not a valid FHIR R4 Bundle ({type(exc).__name__} in fhir.resources)") from None
+    if count:
+        lines = [f"{source}: not a valid FHIR R4 Bundle: {count} problem(s)"]
+        lines += [f"  {_where(data, loc)}: {msg.removeprefix('Value error, ')}" for loc, msg in problems[:20]]
+        raise InputError("\n".join(lines))
 
 
 def _where(data: dict, loc: tuple) -> str:
