@@ -64,10 +64,16 @@ def full_date(value: Any) -> Optional[Date]:
     """
     if not isinstance(value, str) or len(value) < 10:
         return None
+    day = value[:10]
     try:
-        return isoparse(value[:10]).date()
+        if _DAY.fullmatch(day):  # the usual YYYY-MM-DD: the standard library, ~10x faster
+            return Date.fromisoformat(day)
+        return isoparse(day).date()
     except ValueError:
         return None
+
+
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 
 def first_date(*values: Any) -> Optional[Date]:
@@ -138,8 +144,10 @@ class Bundle:
     index: dict[str, dict] = field(default_factory=dict)
     used: set[int] = field(default_factory=set)  # id() of resources some mapping consumed
 
+    by_type: dict[str, list[dict]] = field(default_factory=dict)
+
     def of_type(self, rtype: str) -> list[dict]:
-        return [r for r in self.resources if r.get("resourceType") == rtype]
+        return list(self.by_type.get(rtype, ()))
 
     def error(self, where: str, problem: str) -> InputError:
         return InputError(f"{self.source}: {where}: {problem}")
@@ -251,6 +259,7 @@ def index_bundle(data: dict, source: str) -> Bundle:
             # Messages name resources by type/id; a transaction entry may have only a fullUrl.
             resource = {**resource, "id": re.split(r"[:/]", entry["fullUrl"])[-1]}
         bundle.resources.append(resource)
+        bundle.by_type.setdefault(resource.get("resourceType"), []).append(resource)
         if entry.get("fullUrl"):
             bundle.index[entry["fullUrl"]] = resource
         if resource.get("id"):

@@ -23,7 +23,7 @@ import math
 import re
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 TABLE = Path(__file__).with_name("r4b-shapes.json")
 INT32 = 2 ** 31
@@ -159,7 +159,7 @@ def _conforms(value: Any, shape: _Shape, is_resource: bool = False) -> bool:
     if type(value) is not dict or not value:
         return False
     fields = shape.fields
-    groups: set[str] = set()
+    groups: Optional[set[str]] = None  # the choice groups given (value[x]: at most one each)
     for key, item in value.items():
         spec = fields.get(key)
         if spec is None:
@@ -168,9 +168,12 @@ def _conforms(value: Any, shape: _Shape, is_resource: bool = False) -> bool:
             return False  # unknown, a primitive extension (`_x`), fhir_comments: not sure
         check, is_list, group = spec
         if group is not None:
-            if group in groups:
+            if groups is None:
+                groups = {group}
+            elif group in groups:
                 return False
-            groups.add(group)
+            else:
+                groups.add(group)
         if is_list:
             if type(item) is not list or not item:
                 return False
@@ -182,7 +185,7 @@ def _conforms(value: Any, shape: _Shape, is_resource: bool = False) -> bool:
     for key in shape.required:
         if key not in value:
             return False
-    return not shape.required_groups or shape.required_groups <= groups
+    return not shape.required_groups or (groups is not None and shape.required_groups <= groups)
 
 
 # ------------------------------------------------------------------ the table, from fhir.resources
