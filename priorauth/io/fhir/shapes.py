@@ -69,6 +69,13 @@ def _time(value: str) -> bool:
     return True
 
 
+def _string(v: Any) -> bool:
+    if type(v) is not str or not v or len(v) >= 1 << 20 or v.strip() != v:
+        return False
+    # printable ASCII is all in [ \S]: the common case, without the regex
+    return (v.isascii() and v.isprintable()) or bool(_STRING.fullmatch(v))
+
+
 def _int(lo: int):
     return lambda v: type(v) is int and lo <= v < INT32
 
@@ -80,8 +87,8 @@ PRIMITIVES = {
     "UnsignedInt": _int(0),
     "PositiveInt": _int(1),
     "Decimal": lambda v: type(v) in (int, float) and math.isfinite(v) and bool(_DECIMAL.fullmatch(str(v))),
-    "String": lambda v: type(v) is str and bool(_STRING.fullmatch(v)) and v.strip() == v and len(v) < 1 << 20,
-    "Markdown": lambda v: type(v) is str and bool(_STRING.fullmatch(v)) and v.strip() == v and len(v) < 1 << 20,
+    "String": lambda v: _string(v),
+    "Markdown": lambda v: _string(v),
     "Code": lambda v: type(v) is str and bool(_CODE.fullmatch(v)),
     "Id": lambda v: type(v) is str and bool(_ID.fullmatch(v)),
     "Uri": lambda v: type(v) is str and bool(_URI.fullmatch(v)),
