@@ -531,16 +531,20 @@ def test_request_file_replaces_the_bundle_request(tmp_path):
     assert "not used as the request" in result.stderr
 
 
-def test_fhir_library_is_imported_only_for_fhir_input():
+def test_fhir_library_is_imported_only_for_a_bundle_it_must_judge(tmp_path):
+    # A YAML referral never loads it; a bundle `shapes` finds certainly valid does not need it
+    # (its import and model building cost ~0.4 s); a doubtful bundle is handed to it.
     code = ("import sys; from click.testing import CliRunner; from priorauth.cli.main import cli; "
             "r = CliRunner().invoke(cli, ['check', sys.argv[1]]); "
             "print(r.exit_code, any(m.startswith('fhir') for m in sys.modules))")
-    yaml_run = subprocess.run([sys.executable, "-c", code, str(SAMPLES / "dm-fhir-equivalent.yaml")],
-                              capture_output=True, text=True, env={**os.environ}, cwd=ROOT)
-    assert yaml_run.stdout.split() == ["0", "False"], yaml_run.stderr
-    fhir_run = subprocess.run([sys.executable, "-c", code, str(SAMPLES / "dm-bundle.json")],
-                              capture_output=True, text=True, cwd=ROOT)
-    assert fhir_run.stdout.split() == ["0", "True"], fhir_run.stderr
+    doubtful = load_json(SAMPLES / "dm-bundle.json")
+    doubtful["entry"][0]["resource"]["_birthDate"] = {"extension": [{"url": "http://example.org/x", "valueString": "y"}]}
+    (tmp_path / "doubtful.json").write_text(json.dumps(doubtful), encoding="utf-8")
+    for path, expected in ((SAMPLES / "dm-fhir-equivalent.yaml", ["0", "False"]),
+                           (SAMPLES / "dm-bundle.json", ["0", "False"]),
+                           (tmp_path / "doubtful.json", ["0", "True"])):
+        run = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=ROOT)
+        assert run.stdout.split() == expected, (path, run.stderr)
 
 
 def test_help_ends_with_an_example():
@@ -666,3 +670,73 @@ def test_importing_and_running_the_fhir_reader_loads_no_criteria_module():
             "print(sorted(m for m in sys.modules if m.startswith('priorauth.criteria')))")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert run.stdout.split() == ["[]"], run.stderr
+
+
+# ------------------------------------------------------------------ shapes: the fast validity check
+
+
+def test_shapes_table_is_the_installed_fhir_resources():
+    from priorauth.io.fhir import shapes
+
+    assert shapes.build_table() == shapes.table(), "run: python -m priorauth.io.fhir.shapes"
+
+
+TRICKY = [None, "", " ", " x", "x ", "a  b", "x\ny", 0, -1, 1, 2 ** 31, 1.5, 1e-7, True, False, "1", "true",
+          [], [None], [1], {}, {"x": 1}, {"extension": []}, "2019", "2019-02", "2019-02-30", "2019-13", "2019-2-1",
+          "2026-01-01T10:00:00", "2026-01-01T10:00:00Z", "2026-01-01T24:00:00Z", "2026-01-01T10:00:00+15:00",
+          "2026-01-01T10:00Z", "10:00:00", "10:00", "urn:uuid:x y", "é", "A" * 65, "abc-1.2", "final",
+          "http://loinc.org", "Patient/1", "#x", "0001-01-01"]
+
+
+def _positions(node, out):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            out.append((node, key))
+            _positions(value, out)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            out.append((node, i))
+            _positions(value, out)
+    return out
+
+
+def _mutate(resource: dict, rng) -> dict:
+    r = copy.deepcopy(resource)
+    container, key = rng.choice(_positions(r, []) or [(r, "id")])
+    what = rng.random()
+    if what < 0.6:
+        container[key] = copy.deepcopy(rng.choice(TRICKY))
+    elif what < 0.7 and isinstance(container, dict):
+        del container[key]
+    elif what < 0.8 and isinstance(container, dict):
+        container[rng.choice(["unknownField", "_" + str(key), "valueString", "effectivePeriod", "fhir_comments"])] = \
+            copy.deepcopy(rng.choice(TRICKY[1:]))
+    elif isinstance(container[key], list) and container[key]:
+        container[key] = container[key][0]
+    else:
+        container[key] = [container[key]]
+    return r
+
+
+def test_shapes_never_accept_what_fhir_resources_rejects():
+    import random
+
+    from pydantic import ValidationError
+    from fhir.resources.R4B import get_fhir_model_class
+
+    from priorauth.io.fhir import shapes
+
+    rng = random.Random(12)
+    sure = checked = 0
+    for path in (SAMPLES / "dm-bundle.json", SAMPLES / "pv-bundle.json", ADULT, CHILD):
+        entries = [e["resource"] for e in load_json(path)["entry"]]
+        for resource in entries + [_mutate(rng.choice(entries), rng) for _ in range(600)]:
+            if not shapes.resource_conforms(resource):
+                continue
+            sure += 1
+            try:
+                get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+            except (ValidationError, KeyError, TypeError, ValueError) as exc:
+                pytest.fail(f"shapes accepted a resource fhir.resources rejects: {exc}\n{json.dumps(resource)[:2000]}")
+            checked += 1
+    assert sure > 300  # the check is sure of many (not an always-false check)

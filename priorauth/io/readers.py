@@ -6,6 +6,7 @@ function that turns it into referral data (spec section 1 shape) plus import war
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +42,7 @@ def _fhir(data: dict, source: str, criteria: Any) -> tuple[dict, list[str]]:
     if criteria is None:
         raise InputError(f"{source}: a FHIR bundle is read with the criteria's drug names and code maps, "
                          "and none were given (pass the loaded criteria: read_referral(..., criteria=...))")
-    return referral_data_from_bundle(data, source, maps=load_maps(Path(criteria.root) / "fhir"),
+    return referral_data_from_bundle(data, source, maps=load_maps(os.path.join(criteria.root, "fhir")),
                                      vocabulary=criteria.vocabulary, products=criteria.products)
 
 

@@ -97,19 +97,29 @@ class PayerMap(_Map):
 
 
 class Matcher:
-    """A keyword list from the maps, compiled: whole words, `*` suffix, all-of sub-lists."""
+    """A keyword list from the maps, compiled: whole words, `*` suffix, all-of sub-lists.
+
+    The single keywords make one alternation (one search per text); each all-of sub-list
+    keeps a pattern per word.
+    """
 
     def __init__(self, keywords: Keywords):
-        self._groups = [[self._word(w) for w in ([k] if isinstance(k, str) else k)] for k in keywords]
+        singles = [k for k in keywords if isinstance(k, str)]
+        self._any = re.compile("|".join(f"(?:{self._pattern(w)})" for w in singles), re.IGNORECASE) \
+            if singles else None
+        self._groups = [[re.compile(self._pattern(w), re.IGNORECASE) for w in k]
+                        for k in keywords if not isinstance(k, str)]
 
     @staticmethod
-    def _word(word: str) -> re.Pattern:
+    def _pattern(word: str) -> str:
         stem = word.rstrip("*")
         body = r"\s+".join(re.escape(part) for part in stem.split())
         tail = r"[a-z0-9-]*" if word.endswith("*") else ""
-        return re.compile(rf"(?<![a-z0-9]){body}{tail}(?![a-z0-9])", re.IGNORECASE)
+        return rf"(?<![a-z0-9]){body}{tail}(?![a-z0-9])"
 
     def matches(self, text: str) -> bool:
+        if self._any is not None and self._any.search(text):
+            return True
         return any(all(p.search(text) for p in group) for group in self._groups)
 
 
@@ -163,12 +173,12 @@ _CACHE: dict[tuple, Maps] = {}
 CACHE_SIZE = 4
 
 
-def _stamp(folder: Path) -> tuple:
+def _stamp(folder: str) -> tuple:
     """What a cached Maps depends on: the folder and each file's modification time and size."""
-    out: list[Any] = [str(folder.resolve())]
+    out: list[Any] = [folder]
     for name in MAP_FILES.values():
         try:
-            st = os.stat(folder / name)
+            st = os.stat(os.path.join(folder, name))
             out.append((st.st_mtime_ns, st.st_size))
         except OSError:
             out.append(None)
@@ -176,11 +186,14 @@ def _stamp(folder: Path) -> tuple:
 
 
 def load_maps(folder: str | Path) -> Maps:
-    """The maps in `folder` (a criteria folder's `fhir/`), loaded once per path and mtimes."""
-    folder = Path(folder)
-    key = _stamp(folder)
+    """The maps in `folder` (a criteria folder's `fhir/`), loaded once per path and mtimes.
+
+    A batch calls this for every bundle: a hit costs five `stat` calls, no file read.
+    """
+    key = _stamp(os.fspath(folder))
     maps = _CACHE.get(key)
     if maps is None:
+        folder = Path(folder)
         maps = Maps(**{part: _load_map(MODELS[part], folder / name) for part, name in MAP_FILES.items()})
         if len(_CACHE) >= CACHE_SIZE:
             _CACHE.pop(next(iter(_CACHE)))
