@@ -238,3 +238,126 @@ def test_a_short_child_with_high_bmi_never_gets_a_negative_dose(criteria):
     ref = referral_from_data(referral_data(patient={"height_cm": 60, "weight_kg": 15}), "r.yaml")
     dosing = determine(ref, criteria).to_dict()["dosing"]
     assert dosing is None or (dosing["dosing_weight_kg"] > 0 and dosing["grams_per_cycle"] > 0)
+
+
+# ------------------------------------------------------------------ 3. letters are the user's
+
+
+def _batch_input(tmp_path: Path, *names: str) -> Path:
+    src = tmp_path / "in"
+    src.mkdir(exist_ok=True)
+    for name in names or ("dm-steroid-intolerance.yaml", "pm-first-line-failure.yaml"):
+        (src / name).write_bytes((SAMPLES / name).read_bytes())
+    return src
+
+
+def _run(src, out, **kw):
+    from priorauth.batch.run import run_batch
+
+    kw.setdefault("jobs", 1)
+    kw.setdefault("formats", ("md",))
+    return run_batch(src, out, **kw)
+
+
+def _worklist(out: Path) -> list[dict]:
+    import csv
+
+    with open(out / "worklist.csv", encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_an_edited_letter_is_never_overwritten_without_force(tmp_path):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out)
+    letter = out / "letters" / "S-DM-001.md"
+    assert letter.exists()
+    letter.write_text("signed by Dr Rao\n")
+    summary = _run(src, out)
+    assert letter.read_text() == "signed by Dr Rao\n"
+    assert summary.letters_kept == 1
+    row = next(r for r in _worklist(out) if r["referral"] == "S-DM-001")
+    assert row["status"] == "done" and "letter_kept: letters/S-DM-001.md changed since written" in row["message"]
+    _run(src, out, force=True)
+    assert letter.read_text() != "signed by Dr Rao\n"
+
+
+def test_a_letter_priorauth_did_not_write_is_kept_and_said_so(tmp_path):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    (out / "letters").mkdir(parents=True)
+    mine = out / "letters" / "S-DM-001.md"
+    mine.write_text("my own draft\n")
+    _run(src, out)
+    assert mine.read_text() == "my own draft\n"
+    row = next(r for r in _worklist(out) if r["referral"] == "S-DM-001")
+    assert "letter_kept: letters/S-DM-001.md not written by priorauth" in row["message"]
+
+
+def test_the_end_of_a_run_deletes_only_unchanged_letters_it_wrote(tmp_path):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out)
+    appeal = out / "letters" / "appeal-S-DM-001.md"
+    appeal.write_text("hand-written appeal\n")
+    _run(src, out)
+    assert appeal.exists()
+    # a referral leaves the input: its unchanged letter goes, an edited one stays
+    letters = sorted(p.name for p in (out / "letters").iterdir())
+    assert "S-DM-001.md" in letters
+    (src / "dm-steroid-intolerance.yaml").unlink()
+    _run(src, out)
+    assert not (out / "letters" / "S-DM-001.md").exists() and appeal.exists()
+    _run(_batch_input(tmp_path), out)
+    (out / "letters" / "S-DM-001.md").write_text("edited\n")
+    (src / "dm-steroid-intolerance.yaml").unlink()
+    _run(src, out)
+    assert (out / "letters" / "S-DM-001.md").read_text() == "edited\n"
+
+
+@pytest.mark.parametrize("second", [{"formats": ("html",)}, {"formats": ()}])
+def test_formats_not_asked_for_in_a_rerun_are_left_in_place(tmp_path, second):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out, formats=("md",))
+    before = {p.name: p.read_bytes() for p in (out / "letters").iterdir()}
+    assert before
+    _run(src, out, **second)
+    after = {p.name: p.read_bytes() for p in (out / "letters").iterdir()}
+    assert all(after.get(name) == data for name, data in before.items())
+
+
+def test_a_symlinked_letters_folder_is_refused_and_its_target_untouched(tmp_path, runner):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "S-DM-001.md").write_text("precious\n")
+    (target / "other.docx").write_text("precious\n")
+    out.mkdir()
+    (out / "letters").symlink_to(target)
+    result = runner.invoke(cli, ["batch", str(src), "-o", str(out), "--format", "md", "-j", "1"])
+    assert result.exit_code == 2 and "symbolic link" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in target.iterdir()) == ["S-DM-001.md", "other.docx"]
+    assert (target / "S-DM-001.md").read_text() == "precious\n"
+
+
+def test_a_symlink_inside_letters_is_never_written_through_or_deleted(tmp_path):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    outside = tmp_path / "outside.md"
+    outside.write_text("precious\n")
+    (out / "letters").mkdir(parents=True)
+    (out / "letters" / "S-DM-001.md").symlink_to(outside)
+    (out / "letters" / "gone.md").symlink_to(outside)
+    _run(src, out)
+    assert outside.read_text() == "precious\n"
+    assert (out / "letters" / "S-DM-001.md").is_symlink() and (out / "letters" / "gone.md").is_symlink()
+    row = next(r for r in _worklist(out) if r["referral"] == "S-DM-001")
+    assert "letter_kept" in row["message"]
+
+
+def test_a_symlinked_state_folder_is_refused_not_chmodded(tmp_path):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    os.chmod(shared, 0o755)
+    out.mkdir()
+    (out / ".state").symlink_to(shared)
+    with pytest.raises(InputError, match="symbolic link"):
+        _run(src, out)
+    assert (shared.stat().st_mode & 0o777) == 0o755 and list(shared.iterdir()) == []

@@ -53,6 +53,7 @@ import os
 import re
 import shutil
 import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -67,7 +68,7 @@ import orjson
 from ..core.errors import InputError, PriorAuthError
 from ..core.files import DIR_MODE, FILE_MODE, atomic_stream, ensure_dir
 
-STATE_VERSION = "2"
+STATE_VERSION = "3"  # 3: files.digest, the hash of each letter as written
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 REFERRAL_SUFFIXES = (".yaml", ".yml", ".json")
 STATUSES = ("done", "invalid", "error")
@@ -89,7 +90,9 @@ CREATE TABLE IF NOT EXISTS done (
     hash BLOB PRIMARY KEY, referral_id TEXT, status TEXT NOT NULL, determination TEXT,
     row TEXT, result BLOB, message TEXT, letters TEXT);
 -- Letters this batch wrote: which content made each, and its stat signature when written.
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, hash BLOB NOT NULL, sig TEXT NOT NULL);
+-- digest: the blake2b of the letter's bytes, to tell a letter priorauth wrote (unchanged) from
+-- one the user edited, signed or wrote: those are never overwritten or deleted without force.
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, hash BLOB NOT NULL, sig TEXT NOT NULL, digest BLOB);
 -- The current run: one row per input record, in input order; rebuilt by every run.
 CREATE TABLE IF NOT EXISTS run (
     seq INTEGER PRIMARY KEY, source TEXT NOT NULL, hash BLOB, referral_id TEXT, claimed INTEGER NOT NULL);
@@ -154,6 +157,23 @@ def _location(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" in {frames[-1].name} ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"unexpected {type(exc).__name__}{where}"
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _file_digest(path: str) -> Optional[bytes]:
+    """The digest of a regular file's bytes (never through a link), None when unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    with os.fdopen(fd, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 def _syncfs(path: Path) -> None:
@@ -400,7 +420,7 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
     from ..io.readers import read_referral
 
     w = _W
-    tmp_letters: list[tuple[str, str, str]] = []
+    tmp_letters: list[tuple[str, str, str, bytes]] = []
     try:
         try:
             text = data.decode("utf-8-sig")
@@ -429,19 +449,19 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
                 # created 0600 (the umask can only take bits away).
                 tmp = f"{w.letters_dir}/.{referral.referral_id}.{fmt}.{os.getpid()}-{seq}.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-                tmp_letters.append((rel, tmp, ""))  # listed at once: removed if anything fails
+                tmp_letters.append((rel, tmp, "", b""))  # listed at once: removed if anything fails
                 try:
                     view = memoryview(blob)
                     while view:
                         view = view[os.write(fd, view):]
                     # its stat signature once renamed (a rename keeps inode, size and mtime)
-                    tmp_letters[-1] = (rel, tmp, _sig(os.fstat(fd)))
+                    tmp_letters[-1] = (rel, tmp, _sig(os.fstat(fd)), _digest(blob))
                 finally:
                     os.close(fd)
         return (seq, source, "fresh", h, referral.referral_id, "done", det.determination, row,
                 _to_json(d), None, tmp_letters)
     except Exception as exc:  # one bad record must not stop the run
-        for _, tmp, _ in tmp_letters:
+        for _, tmp, _, _ in tmp_letters:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         return (seq, source, "error", h, None, "error", None, None, None, _location(exc), None)
@@ -475,6 +495,7 @@ class Summary:
     statuses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     determinations: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DETERMINATIONS, 0))
     letters_written: int = 0
+    letters_kept: int = 0
     skipped: int = 0
     elapsed_seconds: float = 0.0
     jobs: int = 1
@@ -486,7 +507,8 @@ class Summary:
     def to_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "records": self.records,
                 "statuses": self.statuses, "determinations": self.determinations,
-                "letters_written": self.letters_written, "skipped": self.skipped,
+                "letters_written": self.letters_written, "letters_kept": self.letters_kept,
+                "skipped": self.skipped,
                 "elapsed_seconds": round(self.elapsed_seconds, 3),
                 "referrals_per_second": round(self.per_second, 1), "jobs": self.jobs}
 
@@ -495,7 +517,8 @@ class Summary:
         stats = ", ".join(f"{n} {k}" for k, n in self.statuses.items())
         return (f"{self.records} referrals in {self.elapsed_seconds:.1f} s ({self.per_second:,.0f}/s, "
                 f"{self.jobs} job{'s' if self.jobs != 1 else ''}): {dets}; {stats}; "
-                f"{self.letters_written} letters written, {self.skipped} skipped")
+                f"{self.letters_written} letters written, {self.skipped} skipped"
+                + (f", {self.letters_kept} changed or not ours left alone (see worklist)" if self.letters_kept else ""))
 
 
 class _State:
@@ -541,6 +564,15 @@ class _State:
         db.execute("DELETE FROM run_letters")
         db.commit()
         return db.execute("SELECT EXISTS (SELECT 1 FROM done)").fetchone()[0] == 1
+
+
+def _chmod_dir(path: Path) -> None:
+    """0700 on a real folder, never through a link (os.chmod follows links)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
 
 
 def _lock(state_dir: Path):
@@ -590,10 +622,15 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
     out = ensure_dir(Path(out))
     if source.path.resolve() == out.resolve():
         raise InputError(f"{out}: the output folder must not be the input folder")
+    for name in ("letters", ".state"):
+        if (out / name).is_symlink():
+            # Writes and deletes would land outside the output folder, in the link's target.
+            raise InputError(f"{out / name}: is a symbolic link; priorauth writes and removes files there, "
+                             f"so it must be a real folder inside {out}")
     letters_dir = ensure_dir(out / "letters")
     criteria = load_criteria(criteria_dir)
     state_dir = ensure_dir(out / ".state")
-    os.chmod(state_dir, DIR_MODE)
+    _chmod_dir(state_dir)
     lock = _lock(state_dir)
     try:
         _remove_temp_files(out, letters_dir, state_dir)
@@ -619,7 +656,7 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
             try:
                 with _Worklist(state_dir) as worklist:
                     with atomic_stream(out / "results.jsonl", buffering=1 << 20) as results:
-                        accept = _Acceptor(state, out, summary, results, worklist)
+                        accept = _Acceptor(state, out, summary, results, worklist, force=force)
                         if pool is None:
                             _init_worker(worker)
                         try:
@@ -629,7 +666,7 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
                                 _close_worker()
                         accept.flush()
                     worklist.write(out / "worklist.csv")
-                _finish(state, letters_dir)
+                _finish(state, letters_dir, formats, force)
             finally:
                 state.db.close()
         finally:
@@ -746,8 +783,10 @@ class _Acceptor:
     COMMIT_EVERY = 2000  # records, or
     COMMIT_SECONDS = 0.5  # at most this much work lost when the run is killed
 
-    def __init__(self, state: _State, out: Path, summary: Summary, results, worklist: _Worklist):
+    def __init__(self, state: _State, out: Path, summary: Summary, results, worklist: _Worklist,
+                 force: bool = False):
         self.db = state.db
+        self.force = force
         self.out = out
         self.prefix = f"{out}{os.sep}"  # str concatenation: a Path per letter cost ~20 us here
         self.summary = summary
@@ -768,9 +807,10 @@ class _Acceptor:
         done, run, files, run_letters = [], [], [], []
         for seq, source, kind, h, rid, status, det, row, result, message, letters in chunk:
             s.records += 1
+            kept: list[str] = []
             if kind == "fresh" and status in ("done", "invalid") and h is not None:
                 done.append((h, rid, status, det, _to_json(row) if row else None, result, message,
-                             _to_json([rel for rel, _, _ in letters]) if letters else b"[]"))
+                             _to_json([t[0] for t in letters]) if letters else b"[]"))
             elif kind == "cached":
                 s.skipped += 1
             claim = 0
@@ -780,19 +820,29 @@ class _Acceptor:
                 if other is not None:
                     status, det = "invalid", None
                     message = f"duplicate referral_id, also in {other}"
-                    for _, tmp, _ in letters if kind == "fresh" else ():
+                    for _, tmp, _, _ in letters if kind == "fresh" else ():
                         with contextlib.suppress(OSError):
                             os.unlink(tmp)
                 else:
                     claim = 1
                     claimed[rid] = source
                     if kind == "fresh":
-                        for rel, tmp, sig in letters:
-                            os.replace(tmp, self.prefix + rel)
-                            files.append((rel, h, sig))
+                        written = 0
+                        for rel, tmp, sig, digest in letters:
+                            why = self.keep_reason(rel, digest)
+                            if why is not None:
+                                # The user's letter (edited, signed, hand-written, a link): left alone.
+                                with contextlib.suppress(OSError):
+                                    os.unlink(tmp)
+                                kept.append(f"letter_kept: {rel} {why}")
+                                s.letters_kept += 1
+                            else:
+                                os.replace(tmp, self.prefix + rel)
+                                files.append((rel, h, sig, digest))
+                                written += 1
                             rels.append(rel)
-                        s.letters_written += len(rels)
-                        self.renamed = self.renamed or bool(rels)
+                        s.letters_written += written
+                        self.renamed = self.renamed or bool(written)
                     else:
                         rels = letters
                     run_letters += [(rel,) for rel in rels]
@@ -806,14 +856,39 @@ class _Acceptor:
                 policy = pathways = missing = reauth = reasons = None
             self.worklist.add(WORKLIST_ORDER[det if status == "done" else status],
                               (rid, patient, payer, policy, det, pathways, missing, "; ".join(rels), reauth,
-                               status, message or reasons, source))
+                               status, "; ".join(kept + [message or reasons] if message or reasons else kept),
+                               source))
         db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?)", done)
         db.executemany("INSERT INTO run VALUES (?, ?, ?, ?, ?)", run)
-        db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", files)
+        db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", files)
         db.executemany("INSERT OR REPLACE INTO run_letters VALUES (?)", run_letters)
         self.pending += len(chunk)
         if self.pending >= self.COMMIT_EVERY or time.monotonic() - self.committed >= self.COMMIT_SECONDS:
             self.flush()
+
+    def keep_reason(self, rel: str, digest: bytes) -> Optional[str]:
+        """Why the file at `rel` must not be replaced by a new letter (None: replace it).
+
+        Replaced: nothing there; what priorauth wrote there, unchanged (stat signature or
+        content as recorded); or exactly the bytes about to be written (a letter renamed into
+        place just before a kill, which the manifest did not record yet). Anything else is
+        the user's, unless force (a link or a folder even then)."""
+        path = self.prefix + rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file (a link or a folder): left alone"
+        if self.force:
+            return None
+        row = self.db.execute("SELECT sig, digest FROM files WHERE path=?", (rel,)).fetchone()
+        if row is not None and row[0] == _sig(st):
+            return None
+        on_disk = _file_digest(path)
+        if on_disk == digest or (row is not None and on_disk == row[1]):
+            return None
+        return "changed since written" if row is not None else "not written by priorauth"
 
     def flush(self) -> None:
         if self.renamed:
@@ -831,25 +906,38 @@ _DROP_STALE = ("DELETE FROM done WHERE rowid IN (SELECT rowid FROM done "
                "WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL))")
 
 
-def _finish(state: _State, letters_dir: Path) -> None:
-    """The run went through the whole input: drop what is no longer in it."""
-    db = state.db
-    # Letters no record of this run claims (input removed or changed, or orphaned by a crash).
-    from ..letters.render import FORMATS
+def _finish(state: _State, letters_dir: Path, formats: tuple[str, ...] = (), force: bool = False) -> None:
+    """The run went through the whole input: drop what is no longer in it.
 
-    known = {f".{fmt}" for fmt in FORMATS}
+    A letter is deleted only when the manifest says priorauth wrote it, it is unchanged
+    (or force), no record of this run claims it, and it is in a format this run writes:
+    letters in other formats, links, and files priorauth did not write are left alone."""
+    db = state.db
+    wanted = {f".{fmt}" for fmt in formats}
     with os.scandir(letters_dir) as it:
         for e in it:
             if e.name.startswith(".") and e.name.endswith(".tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(e.path)
+                if e.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
                 continue
-            if Path(e.name).suffix not in known:
-                continue  # not ours
+            if Path(e.name).suffix not in wanted or not e.is_file(follow_symlinks=False):
+                continue  # a format not asked for this time, a link, a folder: not ours to remove
             rel = f"letters/{e.name}"
-            if db.execute("SELECT 1 FROM run_letters WHERE path=?", (rel,)).fetchone() is None:
+            if db.execute("SELECT 1 FROM run_letters WHERE path=?", (rel,)).fetchone() is not None:
+                continue
+            row = db.execute("SELECT sig, digest FROM files WHERE path=?", (rel,)).fetchone()
+            if row is None:
+                continue  # priorauth did not write it (a hand-written appeal, a copy)
+            st = e.stat(follow_symlinks=False)
+            if force or row[0] == _sig(st) or _file_digest(e.path) == row[1]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(e.path)
-    db.execute("DELETE FROM files WHERE path NOT IN (SELECT path FROM run_letters)")
+                db.execute("DELETE FROM files WHERE path=?", (rel,))
+    # Rows for letters that are gone (removed by hand or above); rows of letters left in place
+    # stay, so a later run still knows they are priorauth's.
+    gone = [(p,) for (p,) in db.execute("SELECT path FROM files").fetchall()
+            if not os.path.lexists(letters_dir.parent / p)]
+    db.executemany("DELETE FROM files WHERE path=?", gone)
     db.execute(_DROP_STALE)
     db.commit()
