@@ -150,7 +150,7 @@ def test_file_size_is_checked_before_reading(tmp_path, monkeypatch):
 
 def test_yaml_text_over_its_limit_is_refused(monkeypatch):
     monkeypatch.setattr(yamlio, "MAX_YAML_BYTES", 100)
-    with pytest.raises(InputError, match="MiB"):
+    with pytest.raises(InputError, match="over 100 bytes"):
         parse_text("a: " + "x" * 200 + "\n", "x.yaml")
 
 
@@ -361,3 +361,79 @@ def test_a_symlinked_state_folder_is_refused_not_chmodded(tmp_path):
     with pytest.raises(InputError, match="symbolic link"):
         _run(src, out)
     assert (shared.stat().st_mode & 0o777) == 0o755 and list(shared.iterdir()) == []
+
+
+# ------------------------------------------------------------------ 4. bounded work per record
+
+
+def _statuses(out: Path) -> dict[str, tuple[str, str]]:
+    return {r["source"]: (r["status"], r["message"]) for r in _worklist(out)}
+
+
+def test_a_yaml_bomb_in_a_batch_is_invalid_at_once_and_the_run_goes_on(tmp_path):
+    import time
+
+    src = _batch_input(tmp_path)
+    levels = "".join(f"l{i}: &l{i} [" + ",".join([f"*l{i - 1}"] * 10) + "]\n" for i in range(1, 12))
+    bomb = "referral_id: BOMB\nl0: &l0 [" + ",".join(["lol"] * 10) + "]\n" + levels
+    (src / "bomb.yaml").write_text(bomb * 1 + "#" * (15_000 - len(bomb)) + "\n")
+    started = time.monotonic()
+    _run(src, tmp_path / "out")
+    assert time.monotonic() - started < 20
+    st = _statuses(tmp_path / "out")
+    assert st["bomb.yaml"][0] == "invalid" and "aliases" in st["bomb.yaml"][1]
+    assert st["dm-steroid-intolerance.yaml"][0] == "done"
+
+
+def _slow_for(monkeypatch, rid: str, action):
+    from priorauth.engine import determination
+
+    real = determination.determine
+
+    def determine(referral, *a, **kw):
+        if referral.referral_id == rid:
+            action()
+        return real(referral, *a, **kw)
+
+    monkeypatch.setattr(determination, "determine", determine)
+
+
+def test_a_record_over_the_time_limit_is_an_error_and_the_run_goes_on(tmp_path, monkeypatch):
+    import time
+
+    from priorauth.batch import run
+
+    monkeypatch.setattr(run, "RECORD_SECONDS", 0.5)
+    _slow_for(monkeypatch, "S-DM-001", lambda: time.sleep(30))
+    started = time.monotonic()
+    _run(_batch_input(tmp_path), tmp_path / "out")
+    assert time.monotonic() - started < 15
+    st = _statuses(tmp_path / "out")
+    assert st["dm-steroid-intolerance.yaml"][0] == "error" and "limit per record" in st["dm-steroid-intolerance.yaml"][1]
+    assert st["pm-first-line-failure.yaml"][0] == "done"
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="RLIMIT_AS bound needs Linux")
+def test_a_record_over_the_memory_limit_is_an_error_and_the_run_goes_on(tmp_path, monkeypatch):
+    from priorauth.batch import run
+
+    monkeypatch.setattr(run, "RECORD_MEMORY_BYTES", 256 << 20)
+    _slow_for(monkeypatch, "S-DM-001", lambda: bytearray(4 << 30))
+    _run(_batch_input(tmp_path), tmp_path / "out", jobs=2)
+    st = _statuses(tmp_path / "out")
+    assert st["dm-steroid-intolerance.yaml"][0] == "error" and "memory" in st["dm-steroid-intolerance.yaml"][1]
+    assert st["pm-first-line-failure.yaml"][0] == "done"
+    import resource
+
+    assert resource.getrlimit(resource.RLIMIT_AS)[0] == resource.RLIM_INFINITY  # the caller's process unbounded
+
+
+def test_an_input_file_over_the_size_limit_is_invalid_without_reading_it(tmp_path, monkeypatch):
+    from priorauth.core import yamlio as y
+
+    monkeypatch.setattr(y, "MAX_FILE_BYTES", 2000)
+    src = _batch_input(tmp_path)
+    (src / "huge.yaml").write_text("referral_id: HUGE\nnote: " + "x" * 5000 + "\n")
+    _run(src, tmp_path / "out")
+    st = _statuses(tmp_path / "out")
+    assert st["huge.yaml"][0] == "invalid" and "limit" in st["huge.yaml"][1]

@@ -351,6 +351,58 @@ def _init_worker(worker: Optional[_Worker], spec: Optional[tuple] = None, parent
         worker = _Worker(out, db_path, formats, lookup, crit, LetterMaker(formats, crit) if formats else None)
     _W = worker
     _W.db = None
+    if parent is not None:
+        _limit_memory()
+
+
+# Bounded work per record (issue 16): a record that takes longer than RECORD_SECONDS, or needs
+# more than RECORD_MEMORY_BYTES beyond what a worker holds when it starts, is status `error`
+# with the reason, and the run goes on. The memory limit (RLIMIT_AS) is set in pool workers
+# only (never on the caller's process); the time limit wherever records run in a main thread.
+RECORD_SECONDS = 120.0
+RECORD_MEMORY_BYTES = 2 << 30
+
+
+class RecordTimeout(Exception):
+    """One record took longer than RECORD_SECONDS."""
+
+
+def _limit_memory() -> None:
+    try:
+        import resource
+
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        want = current + RECORD_MEMORY_BYTES
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        if soft == resource.RLIM_INFINITY or soft > want:
+            resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    except (OSError, ValueError, ImportError):  # pragma: no cover - not Linux: no memory bound
+        pass
+
+
+def _on_alarm(signum, frame):
+    raise RecordTimeout
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    import signal
+    import threading
+
+    if not seconds or seconds <= 0 or not hasattr(signal, "setitimer") \
+            or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _close_worker() -> None:
@@ -406,16 +458,35 @@ def _read(task: tuple) -> tuple[Optional[bytes], Optional[tuple]]:
     seq, source, path, data = task
     if data is not None:
         return data, None
+    from ..core import yamlio
+
     try:
         with open(path, "rb") as fh:
-            return fh.read(), None
+            limit = yamlio.MAX_FILE_BYTES
+            if os.fstat(fh.fileno()).st_size > limit:
+                return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                              f"over the {yamlio.size_text(limit)} limit for one input file", None)
+            data = fh.read(limit + 1)
+            if len(data) > limit:
+                return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                              f"over the {yamlio.size_text(limit)} limit for one input file", None)
+            return data, None
     except OSError as exc:
         return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
                       f"cannot read: {exc.strerror}", None)
 
 
 def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
-    """One record's bytes -> its result (see above)."""
+    """One record's bytes -> its result (see above), within the limits per record."""
+    try:
+        with _deadline(RECORD_SECONDS):
+            return _process_record(seq, source, data, h)
+    except RecordTimeout:  # the alarm rang as the record finished: it is over the limit all the same
+        return (seq, source, "error", h, None, "error", None, None, None,
+                f"took longer than {RECORD_SECONDS:g} s (the limit per record): stopped", None)
+
+
+def _process_record(seq: int, source: str, data: bytes, h: bytes) -> tuple:
     from ..engine.determination import determine
     from ..io.readers import read_referral
 
@@ -464,7 +535,13 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
         for _, tmp, _, _ in tmp_letters:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        return (seq, source, "error", h, None, "error", None, None, None, _location(exc), None)
+        if isinstance(exc, RecordTimeout):
+            why = f"took longer than {RECORD_SECONDS:g} s (the limit per record): stopped"
+        elif isinstance(exc, MemoryError):
+            why = "needed more memory than the limit per record: stopped"
+        else:
+            why = _location(exc)
+        return (seq, source, "error", h, None, "error", None, None, None, why, None)
 
 
 def _process_chunk(chunk: list[tuple]) -> list[tuple]:

@@ -31,6 +31,7 @@ from .errors import CriteriaError, InputError
 
 MAX_FILE_BYTES = 8 << 20  # any one input file: a referral is ~3 KB, a Synthea FHIR bundle ~1 MB of JSON
 MAX_YAML_BYTES = 1 << 20  # YAML text (its node objects cost far more memory than JSON's)
+MAX_CRITERIA_FILE_BYTES = 8 << 20  # a criteria, map or wording file
 MAX_NODES = 250_000       # maps, lists and scalars in one document (expanded aliases included)
 MAX_DEPTH = 64            # levels of nesting (a referral has 4, a FHIR bundle about 10)
 MAX_INT_DIGITS = 15       # longer integers are not a quantity anyone means
@@ -288,7 +289,7 @@ def parse_text(text: str, source: str) -> Any:
         if data is not _NOT_JSON:
             return data
     if len(text) > MAX_YAML_BYTES:
-        raise InputError(f"{source}: a YAML document over {MAX_YAML_BYTES >> 20} MiB is not a referral")
+        raise InputError(f"{source}: a YAML document over {size_text(MAX_YAML_BYTES)} is not a referral")
     return _load_yaml(text, source, aliases=False, error=InputError)
 
 
@@ -317,6 +318,11 @@ def _decode(raw: bytes, source: str) -> str:
         raise InputError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
 
 
+def size_text(n: int) -> str:
+    """A limit as people read it: `8 MiB`, or bytes below 1 MiB."""
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n:,} bytes"
+
+
 def read_bytes(path: Path, limit: int | None = None) -> bytes:
     """A file's bytes, refused before reading it whole when it is larger than `limit`
     (default MAX_FILE_BYTES)."""
@@ -328,14 +334,14 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes:
             except OSError:
                 size = 0
             if size > limit:
-                raise InputError(f"{path}: {size:,} bytes, over the {limit >> 20} MiB limit for one input file")
+                raise InputError(f"{path}: {size:,} bytes, over the {size_text(limit)} limit for one input file")
             raw = fh.read(limit + 1)  # a FIFO or a growing file: never more than the limit
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, not a file") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror}") from None
     if len(raw) > limit:
-        raise InputError(f"{path}: over the {limit >> 20} MiB limit for one input file")
+        raise InputError(f"{path}: over the {size_text(limit)} limit for one input file")
     return raw
 
 
@@ -347,7 +353,7 @@ def read_stream(stream: BinaryIO, source: str = "<stdin>") -> str:
     """Standard input (its binary buffer) as text: size-limited, and non-UTF-8 is an InputError."""
     raw = stream.read(MAX_FILE_BYTES + 1) if hasattr(stream, "read") else b""
     if len(raw) > MAX_FILE_BYTES:
-        raise InputError(f"{source}: over the {MAX_FILE_BYTES >> 20} MiB limit for one input")
+        raise InputError(f"{source}: over the {size_text(MAX_FILE_BYTES)} limit for one input")
     return _decode(raw, source)
 
 
@@ -356,7 +362,7 @@ def read_yaml(path: Path) -> Any:
 
     Anchors and aliases are allowed (the wording file shares blocks), within the node budget."""
     try:
-        raw = read_bytes(Path(path))
+        raw = read_bytes(Path(path), MAX_CRITERIA_FILE_BYTES)
         text = raw.decode("utf-8")
     except InputError as exc:
         raise CriteriaError(str(exc)) from None
