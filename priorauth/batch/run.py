@@ -52,6 +52,7 @@ import hashlib
 import os
 import re
 import shutil
+import errno
 import sqlite3
 import stat
 import sys
@@ -231,18 +232,20 @@ class Source:
                     yield (seq, f"{name}:{lineno}", None, line.rstrip(b"\r\n"))
                     seq += 1
             return
+        # Sorted by name: results, worklist and which of two duplicates wins must not depend on
+        # the order the file system lists a folder in. A folder or other non-file named like a
+        # referral (`x.yaml/`) is a task too: _read reports it instead of skipping it silently.
+        for name in self._names():
+            yield (seq, name, os.path.join(self.path, name), None)
+            seq += 1
+
+    def _names(self) -> list[str]:
         try:
-            it = os.scandir(self.path)
+            with os.scandir(self.path) as it:
+                return sorted(e.name for e in it
+                              if not e.name.startswith(".") and e.name.lower().endswith(REFERRAL_SUFFIXES))
         except OSError as exc:
             raise InputError(f"{self.path}: cannot list: {exc.strerror}") from None
-        with it:
-            for entry in it:
-                if entry.name.startswith(".") or not entry.name.lower().endswith(REFERRAL_SUFFIXES):
-                    continue
-                if not entry.is_file():
-                    continue
-                yield (seq, entry.name, entry.path, None)
-                seq += 1
 
     def count(self) -> int:
         """How many records (for a progress bar): a cheap pass, no parsing."""
@@ -461,9 +464,16 @@ def _read(task: tuple) -> tuple[Optional[bytes], Optional[tuple]]:
     from ..core import yamlio
 
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: a FIFO named x.yaml must not hang the run; fstat then says what it is.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+                return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                              f"is {what}, not a referral file: nothing read", None)
             limit = yamlio.MAX_FILE_BYTES
-            if os.fstat(fh.fileno()).st_size > limit:
+            if st.st_size > limit:
                 return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
                               f"over the {yamlio.size_text(limit)} limit for one input file", None)
             data = fh.read(limit + 1)
@@ -576,6 +586,7 @@ class Summary:
     skipped: int = 0
     elapsed_seconds: float = 0.0
     jobs: int = 1
+    notes: list[str] = field(default_factory=list)  # what the run had to repair (a corrupt manifest)
 
     @property
     def per_second(self) -> float:
@@ -587,7 +598,8 @@ class Summary:
                 "letters_written": self.letters_written, "letters_kept": self.letters_kept,
                 "skipped": self.skipped,
                 "elapsed_seconds": round(self.elapsed_seconds, 3),
-                "referrals_per_second": round(self.per_second, 1), "jobs": self.jobs}
+                "referrals_per_second": round(self.per_second, 1), "jobs": self.jobs,
+                **({"notes": self.notes} if self.notes else {})}
 
     def line(self) -> str:
         dets = ", ".join(f"{n} {k}" for k, n in self.determinations.items())
@@ -600,6 +612,31 @@ class Summary:
 
 class _State:
     """The manifest (DIR/.state/state.sqlite): written by the parent only, read by workers."""
+
+    @classmethod
+    def open(cls, state_dir: Path, notes: list[str]) -> "_State":
+        """The manifest; one that cannot be read (corrupt, truncated, not a database, no
+        permission) is set aside as state.sqlite.corrupt-<time> and rebuilt: every record is
+        redone, and `notes` says so."""
+        try:
+            state = cls(state_dir)
+            state.db.execute("SELECT count(*) FROM meta").fetchone()
+            state.db.execute("SELECT count(*) FROM files").fetchone()
+            return state
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                state.db.close()
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            path = state_dir / "state.sqlite"
+            aside = path.with_name(f"state.sqlite.corrupt-{stamp}")
+            os.replace(path, aside)
+            for suffix in ("-journal", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(state_dir / f"state.sqlite{suffix}", state_dir / f"{aside.name}{suffix}")
+            notes.append(f"the manifest {path} could not be read ({exc}): set aside as {aside.name} "
+                         f"and rebuilt; every record was redone, and letters priorauth cannot prove "
+                         f"it wrote are left alone")
+            return cls(state_dir)
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / "state.sqlite"
@@ -641,6 +678,47 @@ class _State:
         db.execute("DELETE FROM run_letters")
         db.commit()
         return db.execute("SELECT EXISTS (SELECT 1 FROM done)").fetchone()[0] == 1
+
+
+# The final outputs are switched together (issue 16): both are written under these names
+# first, then the manifest records that a switch is under way, then both are renamed. A run
+# killed between the two renames leaves the flag set, and the next run completes the switch
+# before anything else: results.jsonl and worklist.csv never stay from different runs.
+_NEXT = {"results.jsonl": ".results.jsonl.next", "worklist.csv": ".worklist.csv.next"}
+
+
+def _rename_outputs(out: Path) -> None:
+    for final, nxt in _NEXT.items():
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(out / nxt, out / final)
+
+
+def _switch_outputs(state: "_State", out: Path) -> None:
+    db = state.db
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # both new files are on disk before the manifest says to switch
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('switch', 'outputs')")
+        db.commit()
+        _rename_outputs(out)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    db.execute("DELETE FROM meta WHERE key='switch'")
+    db.commit()
+
+
+def _complete_switch(state: "_State", out: Path) -> None:
+    """At the start of a run: finish a switch a killed run began, or drop stale next files."""
+    db = state.db
+    if db.execute("SELECT 1 FROM meta WHERE key='switch'").fetchone() is not None:
+        _rename_outputs(out)
+        db.execute("DELETE FROM meta WHERE key='switch'")
+        db.commit()
+    else:
+        for nxt in _NEXT.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out / nxt)
 
 
 def _chmod_dir(path: Path) -> None:
@@ -696,7 +774,24 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
         if bad:
             raise InputError(f"--format {bad[0]!r}: expected one of {', '.join(FORMATS)} or none")
     jobs = max(1, jobs or os.cpu_count() or 1)
-    out = ensure_dir(Path(out))
+    try:
+        return _run_batch(source, input, Path(out), jobs, formats, force, criteria_dir, chunksize, progress, started)
+    except sqlite3.Error as exc:
+        raise PriorAuthError(f"{out}/.state/state.sqlite: the manifest failed ({exc}); the outputs so far "
+                             f"are kept: run the same command again") from None
+    except OSError as exc:
+        # A read-only folder, a full disk, a folder that vanished: a clear message, nothing
+        # half-written (temporary files were removed on the way out).
+        where = exc.filename or out
+        cls = InputError if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else PriorAuthError
+        raise cls(f"{where}: cannot write the outputs: {exc.strerror or exc}") from None
+
+
+def _run_batch(source: "Source", input, out: Path, jobs: int, formats: tuple[str, ...], force: bool,
+               criteria_dir, chunksize, progress, started: float) -> "Summary":
+    from ..criteria.policy import load_criteria
+
+    out = ensure_dir(out)
     if source.path.resolve() == out.resolve():
         raise InputError(f"{out}: the output folder must not be the input folder")
     for name in ("letters", ".state"):
@@ -709,17 +804,19 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
     state_dir = ensure_dir(out / ".state")
     _chmod_dir(state_dir)
     lock = _lock(state_dir)
+    notes: list[str] = []
     try:
         _remove_temp_files(out, letters_dir, state_dir)
-        state = _State(state_dir)
+        state = _State.open(state_dir, notes)
         try:
+            _complete_switch(state, out)
             cache = state.begin_run(fingerprint(Path(criteria.root), formats))
         finally:
             state.db.close()
         # The criteria and the prepared template are loaded here, once: forked workers inherit them.
         worker = _Worker(out, state.path, formats, cache and not force, criteria,
                          LetterMaker(formats, criteria) if formats else None)
-        summary = Summary(str(input), str(out), jobs=jobs)
+        summary = Summary(str(input), str(out), jobs=jobs, notes=notes)
         chunksize = chunksize or (16 if formats else 64)
         # What is loaded now (criteria, models, templates: ~50,000 objects) lives as long as the
         # run: keep the cycle collector off it, so it neither rescans it on every full
@@ -732,7 +829,7 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
             state = _State(state_dir)
             try:
                 with _Worklist(state_dir) as worklist:
-                    with atomic_stream(out / "results.jsonl", buffering=1 << 20) as results:
+                    with atomic_stream(out / _NEXT["results.jsonl"], buffering=1 << 20) as results:
                         accept = _Acceptor(state, out, summary, results, worklist, force=force)
                         if pool is None:
                             _init_worker(worker)
@@ -742,8 +839,9 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
                             if pool is None:
                                 _close_worker()
                         accept.flush()
-                    worklist.write(out / "worklist.csv")
+                    worklist.write(out / _NEXT["worklist.csv"])
                 _finish(state, letters_dir, formats, force)
+                _switch_outputs(state, out)
             finally:
                 state.db.close()
         finally:
@@ -751,6 +849,9 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
                 pool.shutdown(wait=True, cancel_futures=True)
             gc.unfreeze()
     finally:
+        # Every exit path (an error, a full disk, Ctrl-C): no temporary file is left behind.
+        with contextlib.suppress(OSError):
+            _remove_temp_files(out, letters_dir, state_dir)
         lock.close()
     summary.elapsed_seconds = time.perf_counter() - started
     return summary
