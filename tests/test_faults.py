@@ -437,3 +437,224 @@ def test_an_input_file_over_the_size_limit_is_invalid_without_reading_it(tmp_pat
     _run(src, tmp_path / "out")
     st = _statuses(tmp_path / "out")
     assert st["huge.yaml"][0] == "invalid" and "limit" in st["huge.yaml"][1]
+
+
+# ------------------------------------------------------------------ 5. faults
+
+
+def _consistent(out: Path) -> None:
+    """results.jsonl and worklist.csv from the same run: the done referrals agree."""
+    res = [json.loads(line)["referral_id"] for line in (out / "results.jsonl").read_text().splitlines()]
+    done = [r["referral"] for r in _worklist(out) if r["status"] == "done"]
+    assert sorted(res) == sorted(done)
+    assert not [p for p in out.rglob("*") if p.name.endswith((".tmp", ".next"))]
+
+
+@pytest.mark.parametrize("damage", [b"this is not a database" * 100, b"SQLite format 3\x00" + b"\xff" * 5000, b""])
+def test_a_corrupt_manifest_is_set_aside_and_rebuilt(tmp_path, runner, damage):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out)
+    manifest = out / ".state" / "state.sqlite"
+    manifest.write_bytes(damage)
+    result = runner.invoke(cli, ["batch", str(src), "-o", str(out), "--format", "md", "-j", "1"])
+    assert result.exit_code == 0, result.output
+    if damage:
+        assert "set aside" in result.output
+        assert list((out / ".state").glob("state.sqlite.corrupt-*"))
+    _consistent(out)
+    again = runner.invoke(cli, ["batch", str(src), "-o", str(out), "--format", "md", "-j", "1", "--json"])
+    assert again.exit_code == 0 and json.loads(again.stdout)["skipped"] == 2
+
+
+def test_an_unreadable_manifest_is_set_aside_and_rebuilt(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root reads a file of mode 000")
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out)
+    os.chmod(out / ".state" / "state.sqlite", 0)
+    summary = _run(src, out)
+    assert summary.notes and "set aside" in summary.notes[0]
+
+
+def test_a_read_only_output_folder_is_a_clean_error(tmp_path, runner):
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    out.mkdir()
+    os.chmod(out, 0o500)
+    try:
+        result = runner.invoke(cli, ["batch", str(src), "-o", str(out), "-j", "1"])
+    finally:
+        os.chmod(out, 0o700)
+    assert result.exit_code == 2 and "Traceback" not in result.output and "cannot" in result.output
+
+
+@pytest.mark.parametrize("where", ["letter", "results", "worklist"])
+def test_a_full_disk_is_a_clean_error_with_nothing_half_written(tmp_path, runner, monkeypatch, where):
+    import errno as e
+
+    from priorauth.batch import run
+
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out)
+    before = {p: p.read_bytes() for p in (out / "results.jsonl", out / "worklist.csv")}
+    full = OSError(e.ENOSPC, "No space left on device")
+    if where == "letter":
+        real = os.replace
+
+        def replace(a, b, *x, **k):
+            if "letters" in str(b):
+                raise full
+            return real(a, b, *x, **k)
+
+        monkeypatch.setattr(run.os, "replace", replace)
+    elif where == "results":
+        real_write = run._Acceptor.__call__
+
+        def call(self, chunk):
+            real_write(self, chunk)
+            raise full
+
+        monkeypatch.setattr(run._Acceptor, "__call__", call)
+    else:
+        monkeypatch.setattr(run._Worklist, "write", lambda self, path: (_ for _ in ()).throw(full))
+    (out / "letters" / "S-DM-001.md").unlink()  # something to write
+    (src / "dm-steroid-intolerance.yaml").write_bytes((src / "dm-steroid-intolerance.yaml").read_bytes() + b"\n")
+    result = runner.invoke(cli, ["batch", str(src), "-o", str(out), "--format", "md", "-j", "1"])
+    assert result.exit_code == 1, result.output
+    assert "No space left on device" in result.output and "Traceback" not in result.output
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert {p: p.read_bytes() for p in before} == before  # the previous complete set stands
+
+
+def test_a_kill_between_the_final_renames_is_completed_by_the_next_run(tmp_path, monkeypatch):
+    from priorauth.batch import run
+
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out)
+    (src / "bp-short-steroid-trial.yaml").write_bytes((SAMPLES / "bp-short-steroid-trial.yaml").read_bytes())
+    real = run.os.replace
+    calls = []
+
+    def replace(a, b, *x, **k):
+        if str(b).endswith(("results.jsonl", "worklist.csv")) and str(a).endswith(".next"):
+            calls.append(b)
+            if len(calls) == 2:
+                raise KeyboardInterrupt  # the kill, between the two renames
+        return real(a, b, *x, **k)
+
+    monkeypatch.setattr(run.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        _run(src, out)
+    monkeypatch.setattr(run.os, "replace", real)
+    # The next start completes the switch first: then both are this input's, and agree.
+    from priorauth.batch.run import _complete_switch, _State
+
+    state = _State(out / ".state")
+    _complete_switch(state, out)
+    state.db.close()
+    _consistent(out)
+    assert len(_worklist(out)) == 3
+    _run(src, out)
+    _consistent(out)
+
+
+def test_temp_files_and_folders_are_owner_only_whatever_the_umask(tmp_path):
+    src = _batch_input(tmp_path)
+    out = tmp_path / "a" / "b" / "out"
+    old = os.umask(0)
+    try:
+        _run(src, out)
+        from priorauth.core.files import atomic_write
+
+        atomic_write(tmp_path / "x" / "y" / "letter.md", "text", force=False)
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "a", tmp_path / "a" / "b", out, out / "letters", out / ".state", tmp_path / "x",
+              tmp_path / "x" / "y"):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    for f in [p for p in out.rglob("*") if p.is_file()] + [tmp_path / "x" / "y" / "letter.md"]:
+        assert f.stat().st_mode & 0o777 == 0o600, f
+
+
+def test_concurrent_writes_without_force_never_overwrite_each_other(tmp_path):
+    import threading
+
+    from priorauth.core.files import atomic_write
+
+    for attempt in range(5):
+        target = tmp_path / f"letter{attempt}.docx"
+        barrier = threading.Barrier(6)
+        won: list[int] = []
+
+        def write(i):
+            barrier.wait()
+            try:
+                atomic_write(target, bytes([i]) * (2 << 20), force=False)
+                won.append(i)
+            except InputError:
+                pass
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(won) == 1, won
+        assert target.read_bytes() == bytes([won[0]]) * (2 << 20)
+        assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_folder_or_fifo_named_like_a_referral_is_reported(tmp_path):
+    src = _batch_input(tmp_path)
+    (src / "x.yaml").mkdir()
+    os.mkfifo(src / "pipe.yaml")
+    _run(src, tmp_path / "out")
+    st = _statuses(tmp_path / "out")
+    assert st["x.yaml"][0] == "invalid" and "folder" in st["x.yaml"][1]
+    assert st["pipe.yaml"][0] == "invalid" and "not a regular file" in st["pipe.yaml"][1]
+
+
+def test_a_folder_is_read_in_name_order_whatever_the_file_system_order(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    text = (SAMPLES / "dm-steroid-intolerance.yaml").read_text()
+    for name in ("zz.yaml", "mm.yaml", "aa.yaml", "b.yaml"):  # created out of order; same referral_id
+        (src / name).write_text(text)
+    _run(src, tmp_path / "out")
+    rows = _worklist(tmp_path / "out")
+    done = [r for r in rows if r["status"] == "done"]
+    assert [r["source"] for r in done] == ["aa.yaml"]  # the first by name wins the referral_id
+    dup = [r["source"] for r in rows if r["status"] == "invalid"]
+    assert dup == ["b.yaml", "mm.yaml", "zz.yaml"]
+
+
+def test_a_manifest_that_cannot_be_opened_is_set_aside_and_rebuilt(tmp_path):
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    _run(src, out)
+    manifest = out / ".state" / "state.sqlite"
+    manifest.unlink()
+    manifest.mkdir()  # sqlite cannot open it (as with a file it may not read)
+    summary = _run(src, out)
+    assert summary.notes and "set aside" in summary.notes[0]
+    _consistent(out)
+
+
+@pytest.mark.parametrize("code", ["EACCES", "EROFS"])
+def test_a_folder_that_cannot_be_written_is_a_clean_exit_2(tmp_path, runner, monkeypatch, code):
+    import errno as e
+
+    from priorauth.batch import run
+
+    real = run.ensure_dir
+
+    def ensure_dir(path):
+        if Path(path).name == "letters":
+            raise PermissionError(getattr(e, code), os.strerror(getattr(e, code)), str(path))
+        return real(path)
+
+    monkeypatch.setattr(run, "ensure_dir", ensure_dir)
+    src, out = _batch_input(tmp_path), tmp_path / "out"
+    result = runner.invoke(cli, ["batch", str(src), "-o", str(out), "-j", "1"])
+    assert result.exit_code == 2, result.output
+    assert "cannot write" in result.output and "Traceback" not in result.output

@@ -466,12 +466,13 @@ def _read(task: tuple) -> tuple[Optional[bytes], Optional[tuple]]:
     try:
         # O_NONBLOCK: a FIFO named x.yaml must not hang the run; fstat then says what it is.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                          f"is {what}, not a referral file: nothing read", None)
         with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-                return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
-                              f"is {what}, not a referral file: nothing read", None)
             limit = yamlio.MAX_FILE_BYTES
             if st.st_size > limit:
                 return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
