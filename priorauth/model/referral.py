@@ -54,7 +54,7 @@ def _control_characters(data: Any) -> Optional[str]:
             for k, v in value.items():
                 if type(k) is str and _CONTROL.search(k):
                     return where or "(top level)"
-                stack.append((v, f"{where}.{k}" if where else str(k)))
+                stack.append((v, f"{where}.{_loc_part(k)}" if where else _loc_part(k)))
         elif type(value) is list:
             stack.extend((v, f"{where}.{i}") for i, v in enumerate(value))
     return None
@@ -246,10 +246,21 @@ class Referral(_Model):
 # ---------------------------------------------------------------- loading
 
 
+_FIELD_LIKE = re.compile(r"[a-z][a-z0-9_]{0,40}\Z")
+
+
+def _loc_part(part: Any) -> str:
+    """A step of an error's location: indexes and field-like keys as they are; an unknown key
+    that does not look like a field name (it may be a patient's name) is not repeated."""
+    if isinstance(part, int) or (isinstance(part, str) and _FIELD_LIKE.match(part)):
+        return str(part)
+    return "(an unknown key)"
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: {exc.error_count()} problem(s) in the referral"]
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(_loc_part(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         # Messages never carry the rejected value (our validators and pydantic's default
         # messages name the field and the rule): it may be protected health information.
