@@ -658,3 +658,55 @@ def test_a_folder_that_cannot_be_written_is_a_clean_exit_2(tmp_path, runner, mon
     result = runner.invoke(cli, ["batch", str(src), "-o", str(out), "-j", "1"])
     assert result.exit_code == 2, result.output
     assert "cannot write" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------ the same loader everywhere
+
+
+def test_a_tagged_denial_file_is_a_clean_error(tmp_path, runner):
+    denial = tmp_path / "denial.yaml"
+    denial.write_text(f"reason: !!int {SECRET}\ndate: 2026-12-01\n")
+    ref = SAMPLES / "dm-steroid-intolerance.yaml"
+    result = runner.invoke(cli, ["letter", str(ref), "-o", str(tmp_path / "a.md"), "--format", "md",
+                                 "--denial", str(denial)])
+    assert_clean_error(result, denial)
+
+
+def test_a_tagged_criteria_file_is_a_clean_error(tmp_path, runner):
+    import shutil
+
+    from priorauth.core.resources import criteria_dir
+
+    crit = tmp_path / "criteria"
+    shutil.copytree(criteria_dir(), crit)
+    products = crit / "products.yaml"
+    text = products.read_text()
+    first = next(line for line in text.splitlines() if ": " in line and not line.lstrip().startswith("#"))
+    key, _, value = first.partition(": ")
+    products.write_text(text.replace(first, f"{key}: !!float {SECRET}", 1))
+    result = runner.invoke(cli, ["lint", str(crit)])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and SECRET not in result.output and "products.yaml" in result.output
+
+
+def test_a_fhir_bundle_150_levels_deep_is_a_clean_error(tmp_path, runner):
+    ext: dict = {"url": "http://example.org/leaf", "valueString": SECRET}
+    for i in range(150):
+        ext = {"url": f"http://example.org/{i}", "extension": [ext]}
+    bundle = {"resourceType": "Bundle", "type": "collection",
+              "entry": [{"resource": {"resourceType": "Patient", "id": "p", "extension": [ext]}}]}
+    result, path = check(runner, tmp_path, json.dumps(bundle), "bundle.json")
+    assert_clean_error(result, path)
+    assert "nested more than" in result.output
+
+
+def test_control_characters_are_escaped_in_the_worklist(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    data = referral_data(patient={"family_name": "Pa\x1b[31mtient\x07"})
+    (src / "r.json").write_text(json.dumps(data))
+    _run(src, tmp_path / "out", formats=())
+    raw = (tmp_path / "out" / "worklist.csv").read_text(encoding="utf-8-sig")
+    assert "\x1b" not in raw and "\x07" not in raw and "Pa\\x1b[31mtient\\x07" in raw
+    assert "\\u001b" in (tmp_path / "out" / "results.jsonl").read_text() or "\x1b" not in \
+        (tmp_path / "out" / "results.jsonl").read_text()

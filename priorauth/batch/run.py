@@ -112,6 +112,15 @@ _FORMULA_FIRST = frozenset(_FORMULA_START)  # all single characters: text[:1] in
 _to_json = orjson.dumps
 
 
+# Control characters other than tab and line breaks (which csv quotes) are written as visible
+# escapes: raw, an ESC or a NUL in a cell reaches the terminal or spreadsheet that shows it.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")
+
+
+def _escape_control(m: "re.Match[str]") -> str:
+    return f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
+
+
 def csv_safe(value: Any) -> str:
     """A cell a spreadsheet will not run: text starting = + - @ tab or CR gets a leading quote (OWASP)."""
     text = "" if value is None else str(value)
@@ -945,6 +954,7 @@ class _Worklist:
     def add(self, rank: int, cells: Iterable[Any]) -> None:
         # csv_safe, inlined: a worklist has a dozen cells per record
         texts = ["" if v is None else v if type(v) is str else str(v) for v in cells]
+        texts = [_CONTROL.sub(_escape_control, t) if _CONTROL.search(t) else t for t in texts]
         self.writers[rank].writerow(["'" + t if t[:1] in _FORMULA_FIRST else t for t in texts])
 
     def write(self, path: Path) -> None:
