@@ -145,7 +145,7 @@ def test_results_equal_determine_run_directly(corpus, criteria):
 
 def test_results_are_in_input_order_and_worklist_sorted_as_documented(corpus):
     inp, out, _, _ = corpus
-    names = [e.name for e in os.scandir(inp)]  # input order of a folder: the listing's order
+    names = sorted(e.name for e in os.scandir(inp))  # input order of a folder: sorted by name
     ids = [d["referral_id"] for d in results(out)]
     order = {n.rsplit(".", 1)[0]: i for i, n in enumerate(names)}
     assert ids == sorted(ids, key=order.__getitem__)

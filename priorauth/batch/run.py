@@ -52,7 +52,9 @@ import hashlib
 import os
 import re
 import shutil
+import errno
 import sqlite3
+import stat
 import sys
 import tempfile
 import time
@@ -67,7 +69,7 @@ import orjson
 from ..core.errors import InputError, PriorAuthError
 from ..core.files import DIR_MODE, FILE_MODE, atomic_stream, ensure_dir
 
-STATE_VERSION = "2"
+STATE_VERSION = "3"  # 3: files.digest, the hash of each letter as written
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 REFERRAL_SUFFIXES = (".yaml", ".yml", ".json")
 STATUSES = ("done", "invalid", "error")
@@ -89,7 +91,9 @@ CREATE TABLE IF NOT EXISTS done (
     hash BLOB PRIMARY KEY, referral_id TEXT, status TEXT NOT NULL, determination TEXT,
     row TEXT, result BLOB, message TEXT, letters TEXT);
 -- Letters this batch wrote: which content made each, and its stat signature when written.
-CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, hash BLOB NOT NULL, sig TEXT NOT NULL);
+-- digest: the blake2b of the letter's bytes, to tell a letter priorauth wrote (unchanged) from
+-- one the user edited, signed or wrote: those are never overwritten or deleted without force.
+CREATE TABLE IF NOT EXISTS files (path TEXT PRIMARY KEY, hash BLOB NOT NULL, sig TEXT NOT NULL, digest BLOB);
 -- The current run: one row per input record, in input order; rebuilt by every run.
 CREATE TABLE IF NOT EXISTS run (
     seq INTEGER PRIMARY KEY, source TEXT NOT NULL, hash BLOB, referral_id TEXT, claimed INTEGER NOT NULL);
@@ -106,6 +110,15 @@ _FORMULA_FIRST = frozenset(_FORMULA_START)  # all single characters: text[:1] in
 # orjson: UTF-8 bytes, compact, ~10x faster than json.dumps on a determination (~6 KB); the
 # results file and the manifest hold one per record
 _to_json = orjson.dumps
+
+
+# Control characters other than tab and line breaks (which csv quotes) are written as visible
+# escapes: raw, an ESC or a NUL in a cell reaches the terminal or spreadsheet that shows it.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u2028\u2029]")
+
+
+def _escape_control(m: "re.Match[str]") -> str:
+    return f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}"
 
 
 def csv_safe(value: Any) -> str:
@@ -154,6 +167,23 @@ def _location(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" in {frames[-1].name} ({Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
     return f"unexpected {type(exc).__name__}{where}"
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _file_digest(path: str) -> Optional[bytes]:
+    """The digest of a regular file's bytes (never through a link), None when unreadable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    with os.fdopen(fd, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.digest()
 
 
 def _syncfs(path: Path) -> None:
@@ -211,18 +241,20 @@ class Source:
                     yield (seq, f"{name}:{lineno}", None, line.rstrip(b"\r\n"))
                     seq += 1
             return
+        # Sorted by name: results, worklist and which of two duplicates wins must not depend on
+        # the order the file system lists a folder in. A folder or other non-file named like a
+        # referral (`x.yaml/`) is a task too: _read reports it instead of skipping it silently.
+        for name in self._names():
+            yield (seq, name, os.path.join(self.path, name), None)
+            seq += 1
+
+    def _names(self) -> list[str]:
         try:
-            it = os.scandir(self.path)
+            with os.scandir(self.path) as it:
+                return sorted(e.name for e in it
+                              if not e.name.startswith(".") and e.name.lower().endswith(REFERRAL_SUFFIXES))
         except OSError as exc:
             raise InputError(f"{self.path}: cannot list: {exc.strerror}") from None
-        with it:
-            for entry in it:
-                if entry.name.startswith(".") or not entry.name.lower().endswith(REFERRAL_SUFFIXES):
-                    continue
-                if not entry.is_file():
-                    continue
-                yield (seq, entry.name, entry.path, None)
-                seq += 1
 
     def count(self) -> int:
         """How many records (for a progress bar): a cheap pass, no parsing."""
@@ -331,6 +363,58 @@ def _init_worker(worker: Optional[_Worker], spec: Optional[tuple] = None, parent
         worker = _Worker(out, db_path, formats, lookup, crit, LetterMaker(formats, crit) if formats else None)
     _W = worker
     _W.db = None
+    if parent is not None:
+        _limit_memory()
+
+
+# Bounded work per record (issue 16): a record that takes longer than RECORD_SECONDS, or needs
+# more than RECORD_MEMORY_BYTES beyond what a worker holds when it starts, is status `error`
+# with the reason, and the run goes on. The memory limit (RLIMIT_AS) is set in pool workers
+# only (never on the caller's process); the time limit wherever records run in a main thread.
+RECORD_SECONDS = 120.0
+RECORD_MEMORY_BYTES = 2 << 30
+
+
+class RecordTimeout(Exception):
+    """One record took longer than RECORD_SECONDS."""
+
+
+def _limit_memory() -> None:
+    try:
+        import resource
+
+        with open("/proc/self/statm") as fh:
+            current = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        want = current + RECORD_MEMORY_BYTES
+        if hard != resource.RLIM_INFINITY:
+            want = min(want, hard)
+        if soft == resource.RLIM_INFINITY or soft > want:
+            resource.setrlimit(resource.RLIMIT_AS, (want, hard))
+    except (OSError, ValueError, ImportError):  # pragma: no cover - not Linux: no memory bound
+        pass
+
+
+def _on_alarm(signum, frame):
+    raise RecordTimeout
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    import signal
+    import threading
+
+    if not seconds or seconds <= 0 or not hasattr(signal, "setitimer") \
+            or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _close_worker() -> None:
@@ -386,21 +470,48 @@ def _read(task: tuple) -> tuple[Optional[bytes], Optional[tuple]]:
     seq, source, path, data = task
     if data is not None:
         return data, None
+    from ..core import yamlio
+
     try:
-        with open(path, "rb") as fh:
-            return fh.read(), None
+        # O_NONBLOCK: a FIFO named x.yaml must not hang the run; fstat then says what it is.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                          f"is {what}, not a referral file: nothing read", None)
+        with os.fdopen(fd, "rb") as fh:
+            limit = yamlio.MAX_FILE_BYTES
+            if st.st_size > limit:
+                return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                              f"over the {yamlio.size_text(limit)} limit for one input file", None)
+            data = fh.read(limit + 1)
+            if len(data) > limit:
+                return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
+                              f"over the {yamlio.size_text(limit)} limit for one input file", None)
+            return data, None
     except OSError as exc:
         return None, (seq, source, "fresh", None, None, "invalid", None, None, None,
                       f"cannot read: {exc.strerror}", None)
 
 
 def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
-    """One record's bytes -> its result (see above)."""
+    """One record's bytes -> its result (see above), within the limits per record."""
+    try:
+        with _deadline(RECORD_SECONDS):
+            return _process_record(seq, source, data, h)
+    except RecordTimeout:  # the alarm rang as the record finished: it is over the limit all the same
+        return (seq, source, "error", h, None, "error", None, None, None,
+                f"took longer than {RECORD_SECONDS:g} s (the limit per record): stopped", None)
+
+
+def _process_record(seq: int, source: str, data: bytes, h: bytes) -> tuple:
     from ..engine.determination import determine
     from ..io.readers import read_referral
 
     w = _W
-    tmp_letters: list[tuple[str, str, str]] = []
+    tmp_letters: list[tuple[str, str, str, bytes]] = []
     try:
         try:
             text = data.decode("utf-8-sig")
@@ -429,22 +540,28 @@ def _process(seq: int, source: str, data: bytes, h: bytes) -> tuple:
                 # created 0600 (the umask can only take bits away).
                 tmp = f"{w.letters_dir}/.{referral.referral_id}.{fmt}.{os.getpid()}-{seq}.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-                tmp_letters.append((rel, tmp, ""))  # listed at once: removed if anything fails
+                tmp_letters.append((rel, tmp, "", b""))  # listed at once: removed if anything fails
                 try:
                     view = memoryview(blob)
                     while view:
                         view = view[os.write(fd, view):]
                     # its stat signature once renamed (a rename keeps inode, size and mtime)
-                    tmp_letters[-1] = (rel, tmp, _sig(os.fstat(fd)))
+                    tmp_letters[-1] = (rel, tmp, _sig(os.fstat(fd)), _digest(blob))
                 finally:
                     os.close(fd)
         return (seq, source, "fresh", h, referral.referral_id, "done", det.determination, row,
                 _to_json(d), None, tmp_letters)
     except Exception as exc:  # one bad record must not stop the run
-        for _, tmp, _ in tmp_letters:
+        for _, tmp, _, _ in tmp_letters:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-        return (seq, source, "error", h, None, "error", None, None, None, _location(exc), None)
+        if isinstance(exc, RecordTimeout):
+            why = f"took longer than {RECORD_SECONDS:g} s (the limit per record): stopped"
+        elif isinstance(exc, MemoryError):
+            why = "needed more memory than the limit per record: stopped"
+        else:
+            why = _location(exc)
+        return (seq, source, "error", h, None, "error", None, None, None, why, None)
 
 
 def _process_chunk(chunk: list[tuple]) -> list[tuple]:
@@ -475,9 +592,11 @@ class Summary:
     statuses: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUSES, 0))
     determinations: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DETERMINATIONS, 0))
     letters_written: int = 0
+    letters_kept: int = 0
     skipped: int = 0
     elapsed_seconds: float = 0.0
     jobs: int = 1
+    notes: list[str] = field(default_factory=list)  # what the run had to repair (a corrupt manifest)
 
     @property
     def per_second(self) -> float:
@@ -486,20 +605,48 @@ class Summary:
     def to_dict(self) -> dict:
         return {"input": self.input, "output": self.output, "records": self.records,
                 "statuses": self.statuses, "determinations": self.determinations,
-                "letters_written": self.letters_written, "skipped": self.skipped,
+                "letters_written": self.letters_written, "letters_kept": self.letters_kept,
+                "skipped": self.skipped,
                 "elapsed_seconds": round(self.elapsed_seconds, 3),
-                "referrals_per_second": round(self.per_second, 1), "jobs": self.jobs}
+                "referrals_per_second": round(self.per_second, 1), "jobs": self.jobs,
+                **({"notes": self.notes} if self.notes else {})}
 
     def line(self) -> str:
         dets = ", ".join(f"{n} {k}" for k, n in self.determinations.items())
         stats = ", ".join(f"{n} {k}" for k, n in self.statuses.items())
         return (f"{self.records} referrals in {self.elapsed_seconds:.1f} s ({self.per_second:,.0f}/s, "
                 f"{self.jobs} job{'s' if self.jobs != 1 else ''}): {dets}; {stats}; "
-                f"{self.letters_written} letters written, {self.skipped} skipped")
+                f"{self.letters_written} letters written, {self.skipped} skipped"
+                + (f", {self.letters_kept} changed or not ours left alone (see worklist)" if self.letters_kept else ""))
 
 
 class _State:
     """The manifest (DIR/.state/state.sqlite): written by the parent only, read by workers."""
+
+    @classmethod
+    def open(cls, state_dir: Path, notes: list[str]) -> "_State":
+        """The manifest; one that cannot be read (corrupt, truncated, not a database, no
+        permission) is set aside as state.sqlite.corrupt-<time> and rebuilt: every record is
+        redone, and `notes` says so."""
+        try:
+            state = cls(state_dir)
+            state.db.execute("SELECT count(*) FROM meta").fetchone()
+            state.db.execute("SELECT count(*) FROM files").fetchone()
+            return state
+        except sqlite3.Error as exc:
+            with contextlib.suppress(Exception):
+                state.db.close()
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            path = state_dir / "state.sqlite"
+            aside = path.with_name(f"state.sqlite.corrupt-{stamp}")
+            os.replace(path, aside)
+            for suffix in ("-journal", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(state_dir / f"state.sqlite{suffix}", state_dir / f"{aside.name}{suffix}")
+            notes.append(f"the manifest {path} could not be read ({exc}): set aside as {aside.name} "
+                         f"and rebuilt; every record was redone, and letters priorauth cannot prove "
+                         f"it wrote are left alone")
+            return cls(state_dir)
 
     def __init__(self, state_dir: Path):
         self.path = state_dir / "state.sqlite"
@@ -541,6 +688,56 @@ class _State:
         db.execute("DELETE FROM run_letters")
         db.commit()
         return db.execute("SELECT EXISTS (SELECT 1 FROM done)").fetchone()[0] == 1
+
+
+# The final outputs are switched together (issue 16): both are written under these names
+# first, then the manifest records that a switch is under way, then both are renamed. A run
+# killed between the two renames leaves the flag set, and the next run completes the switch
+# before anything else: results.jsonl and worklist.csv never stay from different runs.
+_NEXT = {"results.jsonl": ".results.jsonl.next", "worklist.csv": ".worklist.csv.next"}
+
+
+def _rename_outputs(out: Path) -> None:
+    for final, nxt in _NEXT.items():
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(out / nxt, out / final)
+
+
+def _switch_outputs(state: "_State", out: Path) -> None:
+    db = state.db
+    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)  # both new files are on disk before the manifest says to switch
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('switch', 'outputs')")
+        db.commit()
+        _rename_outputs(out)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    db.execute("DELETE FROM meta WHERE key='switch'")
+    db.commit()
+
+
+def _complete_switch(state: "_State", out: Path) -> None:
+    """At the start of a run: finish a switch a killed run began, or drop stale next files."""
+    db = state.db
+    if db.execute("SELECT 1 FROM meta WHERE key='switch'").fetchone() is not None:
+        _rename_outputs(out)
+        db.execute("DELETE FROM meta WHERE key='switch'")
+        db.commit()
+    else:
+        for nxt in _NEXT.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out / nxt)
+
+
+def _chmod_dir(path: Path) -> None:
+    """0700 on a real folder, never through a link (os.chmod follows links)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, DIR_MODE)
+    finally:
+        os.close(fd)
 
 
 def _lock(state_dir: Path):
@@ -587,25 +784,49 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
         if bad:
             raise InputError(f"--format {bad[0]!r}: expected one of {', '.join(FORMATS)} or none")
     jobs = max(1, jobs or os.cpu_count() or 1)
-    out = ensure_dir(Path(out))
+    try:
+        return _run_batch(source, input, Path(out), jobs, formats, force, criteria_dir, chunksize, progress, started)
+    except sqlite3.Error as exc:
+        raise PriorAuthError(f"{out}/.state/state.sqlite: the manifest failed ({exc}); the outputs so far "
+                             f"are kept: run the same command again") from None
+    except OSError as exc:
+        # A read-only folder, a full disk, a folder that vanished: a clear message, nothing
+        # half-written (temporary files were removed on the way out).
+        where = exc.filename or out
+        cls = InputError if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else PriorAuthError
+        raise cls(f"{where}: cannot write the outputs: {exc.strerror or exc}") from None
+
+
+def _run_batch(source: "Source", input, out: Path, jobs: int, formats: tuple[str, ...], force: bool,
+               criteria_dir, chunksize, progress, started: float) -> "Summary":
+    from ..criteria.policy import load_criteria
+
+    out = ensure_dir(out)
     if source.path.resolve() == out.resolve():
         raise InputError(f"{out}: the output folder must not be the input folder")
+    for name in ("letters", ".state"):
+        if (out / name).is_symlink():
+            # Writes and deletes would land outside the output folder, in the link's target.
+            raise InputError(f"{out / name}: is a symbolic link; priorauth writes and removes files there, "
+                             f"so it must be a real folder inside {out}")
     letters_dir = ensure_dir(out / "letters")
     criteria = load_criteria(criteria_dir)
     state_dir = ensure_dir(out / ".state")
-    os.chmod(state_dir, DIR_MODE)
+    _chmod_dir(state_dir)
     lock = _lock(state_dir)
+    notes: list[str] = []
     try:
         _remove_temp_files(out, letters_dir, state_dir)
-        state = _State(state_dir)
+        state = _State.open(state_dir, notes)
         try:
+            _complete_switch(state, out)
             cache = state.begin_run(fingerprint(Path(criteria.root), formats))
         finally:
             state.db.close()
         # The criteria and the prepared template are loaded here, once: forked workers inherit them.
         worker = _Worker(out, state.path, formats, cache and not force, criteria,
                          LetterMaker(formats, criteria) if formats else None)
-        summary = Summary(str(input), str(out), jobs=jobs)
+        summary = Summary(str(input), str(out), jobs=jobs, notes=notes)
         chunksize = chunksize or (16 if formats else 64)
         # What is loaded now (criteria, models, templates: ~50,000 objects) lives as long as the
         # run: keep the cycle collector off it, so it neither rescans it on every full
@@ -618,8 +839,8 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
             state = _State(state_dir)
             try:
                 with _Worklist(state_dir) as worklist:
-                    with atomic_stream(out / "results.jsonl", buffering=1 << 20) as results:
-                        accept = _Acceptor(state, out, summary, results, worklist)
+                    with atomic_stream(out / _NEXT["results.jsonl"], buffering=1 << 20) as results:
+                        accept = _Acceptor(state, out, summary, results, worklist, force=force)
                         if pool is None:
                             _init_worker(worker)
                         try:
@@ -628,8 +849,9 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
                             if pool is None:
                                 _close_worker()
                         accept.flush()
-                    worklist.write(out / "worklist.csv")
-                _finish(state, letters_dir)
+                    worklist.write(out / _NEXT["worklist.csv"])
+                _finish(state, letters_dir, formats, force)
+                _switch_outputs(state, out)
             finally:
                 state.db.close()
         finally:
@@ -637,6 +859,9 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
                 pool.shutdown(wait=True, cancel_futures=True)
             gc.unfreeze()
     finally:
+        # Every exit path (an error, a full disk, Ctrl-C): no temporary file is left behind.
+        with contextlib.suppress(OSError):
+            _remove_temp_files(out, letters_dir, state_dir)
         lock.close()
     summary.elapsed_seconds = time.perf_counter() - started
     return summary
@@ -729,6 +954,7 @@ class _Worklist:
     def add(self, rank: int, cells: Iterable[Any]) -> None:
         # csv_safe, inlined: a worklist has a dozen cells per record
         texts = ["" if v is None else v if type(v) is str else str(v) for v in cells]
+        texts = [_CONTROL.sub(_escape_control, t) if _CONTROL.search(t) else t for t in texts]
         self.writers[rank].writerow(["'" + t if t[:1] in _FORMULA_FIRST else t for t in texts])
 
     def write(self, path: Path) -> None:
@@ -746,8 +972,10 @@ class _Acceptor:
     COMMIT_EVERY = 2000  # records, or
     COMMIT_SECONDS = 0.5  # at most this much work lost when the run is killed
 
-    def __init__(self, state: _State, out: Path, summary: Summary, results, worklist: _Worklist):
+    def __init__(self, state: _State, out: Path, summary: Summary, results, worklist: _Worklist,
+                 force: bool = False):
         self.db = state.db
+        self.force = force
         self.out = out
         self.prefix = f"{out}{os.sep}"  # str concatenation: a Path per letter cost ~20 us here
         self.summary = summary
@@ -768,9 +996,10 @@ class _Acceptor:
         done, run, files, run_letters = [], [], [], []
         for seq, source, kind, h, rid, status, det, row, result, message, letters in chunk:
             s.records += 1
+            kept: list[str] = []
             if kind == "fresh" and status in ("done", "invalid") and h is not None:
                 done.append((h, rid, status, det, _to_json(row) if row else None, result, message,
-                             _to_json([rel for rel, _, _ in letters]) if letters else b"[]"))
+                             _to_json([t[0] for t in letters]) if letters else b"[]"))
             elif kind == "cached":
                 s.skipped += 1
             claim = 0
@@ -780,19 +1009,29 @@ class _Acceptor:
                 if other is not None:
                     status, det = "invalid", None
                     message = f"duplicate referral_id, also in {other}"
-                    for _, tmp, _ in letters if kind == "fresh" else ():
+                    for _, tmp, _, _ in letters if kind == "fresh" else ():
                         with contextlib.suppress(OSError):
                             os.unlink(tmp)
                 else:
                     claim = 1
                     claimed[rid] = source
                     if kind == "fresh":
-                        for rel, tmp, sig in letters:
-                            os.replace(tmp, self.prefix + rel)
-                            files.append((rel, h, sig))
+                        written = 0
+                        for rel, tmp, sig, digest in letters:
+                            why = self.keep_reason(rel, digest)
+                            if why is not None:
+                                # The user's letter (edited, signed, hand-written, a link): left alone.
+                                with contextlib.suppress(OSError):
+                                    os.unlink(tmp)
+                                kept.append(f"letter_kept: {rel} {why}")
+                                s.letters_kept += 1
+                            else:
+                                os.replace(tmp, self.prefix + rel)
+                                files.append((rel, h, sig, digest))
+                                written += 1
                             rels.append(rel)
-                        s.letters_written += len(rels)
-                        self.renamed = self.renamed or bool(rels)
+                        s.letters_written += written
+                        self.renamed = self.renamed or bool(written)
                     else:
                         rels = letters
                     run_letters += [(rel,) for rel in rels]
@@ -806,14 +1045,39 @@ class _Acceptor:
                 policy = pathways = missing = reauth = reasons = None
             self.worklist.add(WORKLIST_ORDER[det if status == "done" else status],
                               (rid, patient, payer, policy, det, pathways, missing, "; ".join(rels), reauth,
-                               status, message or reasons, source))
+                               status, "; ".join(kept + [message or reasons] if message or reasons else kept),
+                               source))
         db.executemany("INSERT OR REPLACE INTO done VALUES (?, ?, ?, ?, ?, ?, ?, ?)", done)
         db.executemany("INSERT INTO run VALUES (?, ?, ?, ?, ?)", run)
-        db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?)", files)
+        db.executemany("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?)", files)
         db.executemany("INSERT OR REPLACE INTO run_letters VALUES (?)", run_letters)
         self.pending += len(chunk)
         if self.pending >= self.COMMIT_EVERY or time.monotonic() - self.committed >= self.COMMIT_SECONDS:
             self.flush()
+
+    def keep_reason(self, rel: str, digest: bytes) -> Optional[str]:
+        """Why the file at `rel` must not be replaced by a new letter (None: replace it).
+
+        Replaced: nothing there; what priorauth wrote there, unchanged (stat signature or
+        content as recorded); or exactly the bytes about to be written (a letter renamed into
+        place just before a kill, which the manifest did not record yet). Anything else is
+        the user's, unless force (a link or a folder even then)."""
+        path = self.prefix + rel
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return "is not a regular file (a link or a folder): left alone"
+        if self.force:
+            return None
+        row = self.db.execute("SELECT sig, digest FROM files WHERE path=?", (rel,)).fetchone()
+        if row is not None and row[0] == _sig(st):
+            return None
+        on_disk = _file_digest(path)
+        if on_disk == digest or (row is not None and on_disk == row[1]):
+            return None
+        return "changed since written" if row is not None else "not written by priorauth"
 
     def flush(self) -> None:
         if self.renamed:
@@ -831,25 +1095,38 @@ _DROP_STALE = ("DELETE FROM done WHERE rowid IN (SELECT rowid FROM done "
                "WHERE hash NOT IN (SELECT hash FROM run WHERE hash IS NOT NULL))")
 
 
-def _finish(state: _State, letters_dir: Path) -> None:
-    """The run went through the whole input: drop what is no longer in it."""
-    db = state.db
-    # Letters no record of this run claims (input removed or changed, or orphaned by a crash).
-    from ..letters.render import FORMATS
+def _finish(state: _State, letters_dir: Path, formats: tuple[str, ...] = (), force: bool = False) -> None:
+    """The run went through the whole input: drop what is no longer in it.
 
-    known = {f".{fmt}" for fmt in FORMATS}
+    A letter is deleted only when the manifest says priorauth wrote it, it is unchanged
+    (or force), no record of this run claims it, and it is in a format this run writes:
+    letters in other formats, links, and files priorauth did not write are left alone."""
+    db = state.db
+    wanted = {f".{fmt}" for fmt in formats}
     with os.scandir(letters_dir) as it:
         for e in it:
             if e.name.startswith(".") and e.name.endswith(".tmp"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(e.path)
+                if e.is_file(follow_symlinks=False):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
                 continue
-            if Path(e.name).suffix not in known:
-                continue  # not ours
+            if Path(e.name).suffix not in wanted or not e.is_file(follow_symlinks=False):
+                continue  # a format not asked for this time, a link, a folder: not ours to remove
             rel = f"letters/{e.name}"
-            if db.execute("SELECT 1 FROM run_letters WHERE path=?", (rel,)).fetchone() is None:
+            if db.execute("SELECT 1 FROM run_letters WHERE path=?", (rel,)).fetchone() is not None:
+                continue
+            row = db.execute("SELECT sig, digest FROM files WHERE path=?", (rel,)).fetchone()
+            if row is None:
+                continue  # priorauth did not write it (a hand-written appeal, a copy)
+            st = e.stat(follow_symlinks=False)
+            if force or row[0] == _sig(st) or _file_digest(e.path) == row[1]:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(e.path)
-    db.execute("DELETE FROM files WHERE path NOT IN (SELECT path FROM run_letters)")
+                db.execute("DELETE FROM files WHERE path=?", (rel,))
+    # Rows for letters that are gone (removed by hand or above); rows of letters left in place
+    # stay, so a later run still knows they are priorauth's.
+    gone = [(p,) for (p,) in db.execute("SELECT path FROM files").fetchall()
+            if not os.path.lexists(letters_dir.parent / p)]
+    db.executemany("DELETE FROM files WHERE path=?", gone)
     db.execute(_DROP_STALE)
     db.commit()

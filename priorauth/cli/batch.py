@@ -103,6 +103,8 @@ def batch(input_path, out, jobs, fmt, no_letters, force, as_json, criteria_dir):
     finally:
         if bar is not None:
             bar.close()
+    for note in summary.notes:
+        click.echo(f"note: {note}", err=True)
     if as_json:
         click.echo(json.dumps(summary.to_dict(), indent=2))
     else:

@@ -12,7 +12,15 @@ from pydantic import BeforeValidator
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")
 
 
-_DATES: dict[str, Date] = {}  # text -> date: a batch meets the same dates again and again
+_DATES: dict[str, Date] = {}
+YEARS = (1900, 2100)  # a date outside is a typo (0001-01-01, 9999-12-31), never a clinical fact
+
+
+def _in_range(day: Date) -> Date:
+    if not YEARS[0] <= day.year <= YEARS[1]:
+        raise ValueError(f"a date between {YEARS[0]} and {YEARS[1]} is expected")
+    return day
+  # text -> date: a batch meets the same dates again and again
 
 
 def _iso_date(value: Any) -> Any:
@@ -24,8 +32,10 @@ def _iso_date(value: Any) -> Any:
             return found
     if isinstance(value, datetime):
         raise ValueError("expected a date (YYYY-MM-DD), not a date and time")
-    if isinstance(value, Date) or value is None:
+    if value is None:
         return value
+    if isinstance(value, Date):
+        return _in_range(value)
     if not isinstance(value, str) or not _ISO_DATE.match(value):
         raise ValueError("expected a date as YYYY-MM-DD")
     try:
@@ -35,6 +45,7 @@ def _iso_date(value: Any) -> Any:
         parsed = Date.fromisoformat(value)
     except ValueError:
         raise ValueError("not a real calendar date (check day and month)") from None
+    _in_range(parsed)
     if len(_DATES) >= 8192:  # bounded, whatever the input
         _DATES.clear()
     _DATES[value] = parsed
@@ -43,7 +54,9 @@ def _iso_date(value: Any) -> Any:
 
 IsoDate = Annotated[Date, BeforeValidator(_iso_date)]
 
-_ICD10 = re.compile(r"^[A-TV-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
+# Every letter: U is the WHO's emergency chapter, in ICD-10-CM since 2020 (U07.1 COVID-19,
+# U09.9 post-COVID condition). A real code that no policy covers is simply not covered.
+_ICD10 = re.compile(r"^[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?$")
 
 
 def normalize_icd10(code: str) -> str:

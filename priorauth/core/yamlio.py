@@ -1,18 +1,41 @@
 """Safe YAML and JSON reading: one loader for referrals, criteria, denials and FHIR maps.
 
-Dates stay text (the models parse them), only plain tags resolve, and JSON goes through
-orjson first because a JSON Lines batch parses one document per record.
+Every input a user gives (referrals, FHIR bundles, denial files) goes through parse_text,
+which builds plain data only (maps, lists, str, int, float, bool, null) and refuses, with
+an InputError naming the file and line and never the value:
+
+* aliases and anchors (`&a`, `*a`: a referral never needs them, and a 15 KB "billion laughs"
+  document expands past memory), merge keys (`<<`);
+* every explicit tag (`!!int`, `!!float`, `!!bool`, `!!timestamp`, `!!binary`, `!custom`, ...)
+  that changes what the text would be on its own;
+* duplicate keys (a second `treatments:` would silently replace the first);
+* more than MAX_NODES nodes or MAX_DEPTH levels of nesting, integers longer than
+  MAX_INT_DIGITS digits, NaN / Infinity in JSON;
+* files over MAX_FILE_BYTES (checked before reading), YAML over MAX_YAML_BYTES.
+
+Dates stay text (the models parse them). read_yaml (criteria-side files, which do use
+anchors) allows aliases but counts their expanded size against the same node budget.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import orjson
 import yaml
 
 from .errors import CriteriaError, InputError
+
+MAX_FILE_BYTES = 8 << 20  # any one input file: a referral is ~3 KB, a Synthea FHIR bundle ~1 MB of JSON
+MAX_YAML_BYTES = 1 << 20  # YAML text (its node objects cost far more memory than JSON's)
+MAX_CRITERIA_FILE_BYTES = 8 << 20  # a criteria, map or wording file
+MAX_NODES = 250_000       # maps, lists and scalars in one document (expanded aliases included)
+MAX_DEPTH = 64            # levels of nesting (a referral has 4, a FHIR bundle about 10)
+MAX_INT_DIGITS = 15       # longer integers are not a quantity anyone means
+
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
     """Safe YAML (no `!!python` tags) that leaves dates as text for the model to judge."""
@@ -23,29 +46,18 @@ _Loader.yaml_implicit_resolvers = {
     for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 
-
-class _NotPlain(Exception):
-    """The document needs PyYAML's full constructor (aliases, merge keys, tags, ...)."""
-
-
 _STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
-# Scalar tags the fast path builds, always with PyYAML's own constructor so values are
-# identical; every other tag (binary, timestamp, set, omap, value, merge, python/..., !foo)
-# goes the full path, which builds it or raises the same ConstructorError as ever.
-_PLAIN_SCALARS = frozenset(("tag:yaml.org,2002:null", "tag:yaml.org,2002:bool",
-                            "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"))
-_MAX_DEPTH = 64  # deeper documents take the full (iterative) path instead of recursing here
+_NULL, _BOOL, _INT, _FLOAT = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:bool",
+                              "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_PLAIN_SCALARS = frozenset((_NULL, _BOOL, _INT, _FLOAT))
+_KIND = {_NULL: "null", _BOOL: "true/false", _INT: "integer", _FLOAT: "number", _STR: "text"}
+_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
 
 
 class _FastLoader(_Loader):  # type: ignore[misc,valid-type]
-    """_Loader with shortcuts for plain documents (batch runs parse thousands of referrals).
-
-    Past the C parser, PyYAML spends its time in Python: a resolver call with regexes per
-    scalar, and a constructor with a generator per collection and bookkeeping per node.
-    A referral is plain maps, lists and scalars, so construct_document builds it directly
-    and hands anything else, and any failure, to the unchanged PyYAML path: same data,
-    same errors. Subclasses must not add resolvers (the memo below would go stale).
-    """
+    """_Loader with a memo of plain scalars' resolved tags (batch runs parse thousands of
+    referrals that repeat the same texts: sex, payer, true, units...). Subclasses must not
+    add resolvers (the memo would go stale)."""
 
     _plain_tags: dict[str, str] = {}  # plain scalar text -> its resolved tag
 
@@ -53,104 +65,307 @@ class _FastLoader(_Loader):  # type: ignore[misc,valid-type]
         if kind is not yaml.ScalarNode or self.yaml_path_resolvers:
             return super().resolve(kind, value, implicit)
         if not implicit[0]:
-            # What BaseResolver.resolve returns for a scalar that is not plain (quoted,
-            # block) when no path resolvers exist; saves its work for every quoted date.
-            return self.DEFAULT_SCALAR_TAG
-        # A plain scalar's tag depends on its text alone, and referrals repeat the same
-        # texts (sex, payer, true, units...). Short texts only and a bounded memo, so
-        # hostile input cannot grow memory.
+            return self.DEFAULT_SCALAR_TAG  # quoted or block scalar, no path resolvers
         tag = self._plain_tags.get(value)
         if tag is None:
             tag = super().resolve(kind, value, implicit)
-            if len(value) <= 64:
+            if len(value) <= 64:  # short texts only and a bounded memo: hostile input cannot grow it
                 if len(self._plain_tags) >= 4096:
                     self._plain_tags.clear()
                 self._plain_tags[value] = tag
         return tag
 
-    def construct_document(self, node):
-        try:
-            return self._plain(node, set(), 0)
-        except Exception:  # noqa: BLE001
-            # _NotPlain, or a constructor error (`!!int x`, `0x_`...): the full path
-            # decides, so the data or the exception is PyYAML's, raised in PyYAML's order
-            # (it builds nested collections last, so its first error may differ from ours).
-            return super().construct_document(node)
 
-    def _plain(self, node, seen: set, depth: int):
-        # `seen` holds every node built so far: meeting one again means an alias (a shared
-        # or recursive object), which PyYAML's path builds as such.
-        if node in seen or depth > _MAX_DEPTH:
-            raise _NotPlain
-        seen.add(node)
-        tag = node.tag
+class _Refused(Exception):
+    """A document the safe loader will not build: message (no value) and 0-based line."""
+
+    def __init__(self, message: str, line: int | None = None):
+        super().__init__(message)
+        self.line = line
+
+
+def _line(node) -> int | None:
+    mark = getattr(node, "start_mark", None)
+    return mark.line if mark is not None else None
+
+
+def _key_name(key: Any) -> str:
+    """A key fit for a message: field names are shown, anything else (it may be data) is not."""
+    return f"{key!r}" if isinstance(key, str) and _SAFE_KEY.match(key) else "(a key)"
+
+
+class _Builder:
+    """Nodes -> plain data, with the checks of the module docstring. Recursion is bounded by
+    MAX_DEPTH, so it is safe; with `aliases`, a shared node is built once (as PyYAML does)
+    and its expanded size counts against MAX_NODES every time it is used."""
+
+    def __init__(self, loader: _Loader, aliases: bool):
+        self.loader = loader
+        self.aliases = aliases
+        self.nodes = 0
+        self.memo: dict[int, tuple[Any, int]] = {}  # id(node) -> (data, expanded size)
+        self.building: set[int] = set()
+
+    def build(self, node, depth: int = 0) -> Any:
+        if depth > MAX_DEPTH:
+            raise _Refused(f"nested more than {MAX_DEPTH} levels deep", _line(node))
+        if self.aliases:
+            hit = self.memo.get(id(node))
+            if hit is not None:
+                self._count(hit[1], node)
+                return hit[0]
+            if id(node) in self.building:
+                raise _Refused("a recursive alias (a value that contains itself)", _line(node))
+        before = self.nodes
+        self._count(1, node)
         if type(node) is yaml.ScalarNode:
-            if tag == _STR:
-                return node.value
-            if tag in _PLAIN_SCALARS:
-                return self.yaml_constructors[tag](self, node)
-            raise _NotPlain
-        if tag == _MAP and type(node) is yaml.MappingNode:
+            data = self.scalar(node)
+        elif type(node) is yaml.MappingNode:
+            if node.tag != _MAP:
+                raise _Refused("an explicit YAML tag on a mapping is not allowed", _line(node))
             data = {}
+            self.building.add(id(node))
             for key_node, value_node in node.value:
-                # Scalar keys only: collection keys are unhashable (PyYAML raises), and
-                # `<<` (merge) and `=` (value) keys have their own tags, so not _STR or
-                # _PLAIN_SCALARS: all of them go the full path.
                 if type(key_node) is not yaml.ScalarNode:
-                    raise _NotPlain
-                # str keys and values inline (most nodes of a referral): same as _plain().
-                if key_node.tag == _STR and key_node not in seen:
-                    seen.add(key_node)
-                    key = key_node.value
-                else:
-                    key = self._plain(key_node, seen, depth)
-                if value_node.tag == _STR and type(value_node) is yaml.ScalarNode and value_node not in seen:
-                    seen.add(value_node)
-                    value = value_node.value
-                else:
-                    value = self._plain(value_node, seen, depth + 1)
-                # As in PyYAML: a repeated key keeps its first place and takes the last value.
-                data[key] = value
-            return data
-        if tag == _SEQ and type(node) is yaml.SequenceNode:
-            return [self._plain(child, seen, depth + 1) for child in node.value]
-        raise _NotPlain
+                    raise _Refused("a key must be plain text, not a list or mapping", _line(key_node))
+                if key_node.tag not in _PLAIN_SCALARS and key_node.tag != _STR:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        raise _Refused("YAML merge keys (<<) are not allowed", _line(key_node))
+                key = self.scalar(key_node)
+                self._count(1, key_node)
+                if key in data:
+                    raise _Refused(f"duplicate key {_key_name(key)} (each key may appear once)", _line(key_node))
+                data[key] = self.build(value_node, depth + 1)
+            self.building.discard(id(node))
+        elif type(node) is yaml.SequenceNode:
+            if node.tag != _SEQ:
+                raise _Refused("an explicit YAML tag on a list is not allowed", _line(node))
+            data = []
+            self.building.add(id(node))
+            for child in node.value:
+                data.append(self.build(child, depth + 1))
+            self.building.discard(id(node))
+        else:  # pragma: no cover - the composer makes only these three
+            raise _Refused("an unsupported YAML node", _line(node))
+        if self.aliases:
+            self.memo[id(node)] = (data, self.nodes - before)
+        return data
+
+    def _count(self, n: int, node) -> None:
+        self.nodes += n
+        if self.nodes > MAX_NODES:
+            raise _Refused(f"more than {MAX_NODES:,} values in one document", _line(node))
+
+    def scalar(self, node) -> Any:
+        tag = node.tag
+        value = node.value
+        # What the text alone resolves to; a different tag was written explicitly.
+        implicit = self.loader.resolve(yaml.ScalarNode, value, (True, False)) if not node.style else _STR
+        if tag != implicit:
+            if tag.startswith("tag:yaml.org,2002:"):
+                name = "!!" + tag[len("tag:yaml.org,2002:"):]
+            else:
+                name = "a custom tag"
+            raise _Refused(f"explicit YAML tags ({name}) are not allowed: write the value plainly", _line(node))
+        if tag == _STR:
+            return value
+        if tag not in _PLAIN_SCALARS:  # `<<` or `=` as a value, or anything else PyYAML would construct
+            raise _Refused("a YAML merge (<<) or value (=) indicator is not allowed here", _line(node))
+        if tag == _INT and sum(c.isdigit() for c in value) > MAX_INT_DIGITS:
+            raise _Refused(f"an integer longer than {MAX_INT_DIGITS} digits", _line(node))
+        try:
+            return self.loader.yaml_constructors[tag](self.loader, node)
+        except Exception:  # noqa: BLE001 - `0x_`, `0b_`: the message would quote the value
+            raise _Refused(f"not a valid {_KIND[tag]}", _line(node)) from None
+
+
+def _anchor_or_tag(text: str, aliases: bool) -> None:
+    """Refuse the first anchor (`&name`) or explicit tag (`!!int`, `!x`) of the document.
+
+    The composed nodes no longer tell an explicit `!!str x` or `!!float 1.0` from plain text,
+    so this pass over the events does; it runs only when the text holds `&` or `!`."""
+    for event in yaml.parse(text, Loader=_Loader):
+        if not aliases and getattr(event, "anchor", None) is not None:
+            raise _Refused("YAML anchors and aliases (&name, *name) are not allowed in a referral",
+                           event.start_mark.line)
+        tag = getattr(event, "tag", None)
+        if tag is not None and tag != "!":
+            if isinstance(event, yaml.ScalarEvent) or not getattr(event, "implicit", True):
+                name = "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else "a custom tag"
+                raise _Refused(f"explicit YAML tags ({name}) are not allowed: write the value plainly",
+                               event.start_mark.line)
+
+
+def _compose(text: str):
+    loader = _FastLoader(text)
+    try:
+        return loader, loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, int | None]:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return problem, (mark.line if mark is not None else None)
+
+
+def _where(source: str, line: int | None) -> str:
+    return f"{source}: line {line + 1}:" if line is not None else f"{source}:"
+
+
+class _JSONRefused(Exception):
+    pass
+
+
+def _pairs(pairs: list) -> dict:
+    data = dict(pairs)
+    if len(data) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _JSONRefused(f"duplicate key {_key_name(key)} (each key may appear once)")
+            seen.add(key)
+    return data
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS + 1 and sum(c.isdigit() for c in text) > MAX_INT_DIGITS:
+        raise _JSONRefused(f"an integer longer than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _json_constant(name: str):
+    raise _JSONRefused("NaN and Infinity are not numbers a referral can hold")
+
+
+def _check_shape(data: Any) -> None:
+    """Depth and node count of parsed JSON (iterative: no recursion on hostile input)."""
+    stack = [(data, 0)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise _JSONRefused(f"more than {MAX_NODES:,} values in one document")
+        if type(value) is dict:
+            if depth >= MAX_DEPTH:
+                raise _JSONRefused(f"nested more than {MAX_DEPTH} levels deep")
+            stack.extend((v, depth + 1) for v in value.values())
+            nodes += len(value)
+        elif type(value) is list:
+            if depth >= MAX_DEPTH:
+                raise _JSONRefused(f"nested more than {MAX_DEPTH} levels deep")
+            stack.extend((v, depth + 1) for v in value)
+
+
+_json_decoder = json.JSONDecoder(object_pairs_hook=_pairs, parse_int=_json_int, parse_constant=_json_constant)
+
+
+def _parse_json(text: str, source: str) -> Any:
+    """JSON text -> data, or _NOT_JSON when it is not JSON (then YAML, whose flow maps also start with `{`)."""
+    try:
+        data = _json_decoder.decode(text)
+    except json.JSONDecodeError:
+        return _NOT_JSON
+    except _JSONRefused as exc:
+        raise InputError(f"{source}: not valid YAML or JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{source}: not valid YAML or JSON: nested more than {MAX_DEPTH} levels deep") from None
+    try:
+        _check_shape(data)
+    except _JSONRefused as exc:
+        raise InputError(f"{source}: not valid YAML or JSON: {exc}") from None
+    return data
+
+
+_NOT_JSON = object()
 
 
 def parse_text(text: str, source: str) -> Any:
-    """YAML or JSON text -> plain data. JSON is valid YAML, but a JSON parser is much faster."""
+    """YAML or JSON text (a referral, FHIR bundle or denial) -> plain data, or InputError."""
     if text.lstrip().startswith("{"):
-        try:
-            return orjson.loads(text)  # a JSON Lines batch parses one per record: ~3x json.loads
-        except orjson.JSONDecodeError:
-            pass  # fall through: YAML flow mappings also start with '{' (and NaN is YAML's to judge)
+        data = _parse_json(text, source)
+        if data is not _NOT_JSON:
+            return data
+    if len(text) > MAX_YAML_BYTES:
+        raise InputError(f"{source}: a YAML document over {size_text(MAX_YAML_BYTES)} is not a referral")
+    return _load_yaml(text, source, aliases=False, error=InputError)
+
+
+def _load_yaml(text: str, source: str, *, aliases: bool, error: type) -> Any:
     try:
-        return yaml.load(text, Loader=_FastLoader)
+        if (not aliases and "&" in text) or "!" in text:
+            _anchor_or_tag(text, aliases)
+        loader, node = _compose(text)
+        return None if node is None else _Builder(loader, aliases).build(node)
+    except _Refused as exc:
+        raise error(f"{_where(source, exc.line)} not valid YAML or JSON: {exc}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise InputError(f"{source}:{where} not valid YAML or JSON: {problem}") from None
+        problem, line = _yaml_problem(exc)
+        if line is not None:
+            raise error(f"{source}: line {line + 1}, column {exc.problem_mark.column + 1}"
+                        f" not valid YAML or JSON: {problem}") from None
+        raise error(f"{source}: not valid YAML or JSON: {problem}") from None
+    except RecursionError:
+        raise error(f"{source}: not valid YAML or JSON: nested more than {MAX_DEPTH} levels deep") from None
 
 
-def read_text(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+def _decode(raw: bytes, source: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+        raise InputError(f"{source}: not UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def size_text(n: int) -> str:
+    """A limit as people read it: `8 MiB`, or bytes below 1 MiB."""
+    return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n:,} bytes"
+
+
+def read_bytes(path: Path, limit: int | None = None) -> bytes:
+    """A file's bytes, refused before reading it whole when it is larger than `limit`
+    (default MAX_FILE_BYTES)."""
+    limit = MAX_FILE_BYTES if limit is None else limit
+    try:
+        with open(path, "rb") as fh:
+            try:
+                size = os.fstat(fh.fileno()).st_size
+            except OSError:
+                size = 0
+            if size > limit:
+                raise InputError(f"{path}: {size:,} bytes, over the {size_text(limit)} limit for one input file")
+            raw = fh.read(limit + 1)  # a FIFO or a growing file: never more than the limit
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    if len(raw) > limit:
+        raise InputError(f"{path}: over the {size_text(limit)} limit for one input file")
+    return raw
+
+
+def read_text(path: Path) -> str:
+    return _decode(read_bytes(Path(path)), str(path))
+
+
+def read_stream(stream: BinaryIO, source: str = "<stdin>") -> str:
+    """Standard input (its binary buffer) as text: size-limited, and non-UTF-8 is an InputError."""
+    raw = stream.read(MAX_FILE_BYTES + 1) if hasattr(stream, "read") else b""
+    if len(raw) > MAX_FILE_BYTES:
+        raise InputError(f"{source}: over the {size_text(MAX_FILE_BYTES)} limit for one input")
+    return _decode(raw, source)
 
 
 def read_yaml(path: Path) -> Any:
-    """A criteria-side YAML file (criteria, maps, wording); CriteriaError names the file and line."""
+    """A criteria-side YAML file (criteria, maps, wording); CriteriaError names the file and line.
+
+    Anchors and aliases are allowed (the wording file shares blocks), within the node budget."""
     try:
-        return yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise CriteriaError(f"{path}:{where} not valid YAML: {getattr(exc, 'problem', exc)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CriteriaError(f"{path}: cannot read: {exc}") from None
+        raw = read_bytes(Path(path), MAX_CRITERIA_FILE_BYTES)
+        text = raw.decode("utf-8")
+    except InputError as exc:
+        raise CriteriaError(str(exc)) from None
+    except UnicodeDecodeError as exc:
+        raise CriteriaError(f"{path}: not UTF-8 text (bad byte at offset {exc.start})") from None
+    return _load_yaml(text, str(path), aliases=True, error=CriteriaError)

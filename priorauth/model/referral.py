@@ -7,6 +7,7 @@ come from these classes.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import (
@@ -23,8 +24,40 @@ from ..core.errors import InputError
 
 
 class _Model(BaseModel):
-    # A typo in a field name must fail loudly, never drop data (spec section 1).
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True)
+    # A typo in a field name must fail loudly, never drop data (spec section 1). NaN and
+    # infinity are no quantity anyone means (and poison every computation downstream).
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True, frozen=True, allow_inf_nan=False)
+
+
+# Physiological bounds (issue 16): outside them a value is a typo or a unit mix-up (inches,
+# pounds, grams), and it would give a negative ideal body weight or an absurd dose.
+HEIGHT_CM = (30.0, 250.0)
+WEIGHT_KG = (0.5, 400.0)
+BMI = (8.0, 120.0)
+MAX_QUANTITY = 1_000_000  # no dose, count, interval or assessment value is larger
+
+# Text fields never hold NUL or lone surrogates (no keyboard types them; they break CSV,
+# JSON and terminals). Other control characters are let through: letters strip them and
+# the worklist escapes them.
+_CONTROL = re.compile("[\x00\ud800-\udfff]")
+
+
+def _control_characters(data: Any) -> Optional[str]:
+    """The path of the first text holding a control character, or None (iterative walk)."""
+    stack: list[tuple[Any, str]] = [(data, "")]
+    while stack:
+        value, where = stack.pop()
+        if type(value) is str:
+            if _CONTROL.search(value):
+                return where or "(top level)"
+        elif type(value) is dict:
+            for k, v in value.items():
+                if type(k) is str and _CONTROL.search(k):
+                    return where or "(top level)"
+                stack.append((v, f"{where}.{_loc_part(k)}" if where else _loc_part(k)))
+        elif type(value) is list:
+            stack.extend((v, f"{where}.{i}") for i, v in enumerate(value))
+    return None
 
 
 Text = Annotated[str, Field(min_length=1)]
@@ -35,8 +68,17 @@ class Patient(_Model):
     family_name: Text
     birth_date: IsoDate
     sex: Literal["female", "male", "other", "unknown"] = "unknown"
-    weight_kg: Optional[float] = Field(default=None, gt=0, lt=700)
-    height_cm: Optional[float] = Field(default=None, gt=0, lt=300)
+    weight_kg: Optional[float] = Field(default=None, ge=WEIGHT_KG[0], le=WEIGHT_KG[1])
+    height_cm: Optional[float] = Field(default=None, ge=HEIGHT_CM[0], le=HEIGHT_CM[1])
+
+    @model_validator(mode="after")
+    def _bmi_possible(self) -> "Patient":
+        if self.weight_kg is not None and self.height_cm is not None:
+            bmi = self.weight_kg / (self.height_cm / 100) ** 2
+            if not BMI[0] <= bmi <= BMI[1]:
+                raise ValueError(f"weight_kg and height_cm give a BMI outside {BMI[0]:g}-{BMI[1]:g}: "
+                                 f"check both (units: kg and cm)")
+        return self
 
 
 class Coverage(_Model):
@@ -112,8 +154,10 @@ class Treatment(_Model):
     details: Optional[str] = None
     # Extensions for courses of the requested therapy, so a taper attempt can be shown
     # (lower dose or longer interval than an earlier course) without parsing `dose` text.
-    dose_g_per_kg: Optional[float] = Field(default=None, gt=0, description="IVIG/SCIG course: grams per kg per cycle")
-    interval_weeks: Optional[float] = Field(default=None, gt=0, description="IVIG/SCIG course: weeks between cycles")
+    dose_g_per_kg: Optional[float] = Field(default=None, gt=0, le=MAX_QUANTITY,
+                                           description="IVIG/SCIG course: grams per kg per cycle")
+    interval_weeks: Optional[float] = Field(default=None, gt=0, le=MAX_QUANTITY,
+                                            description="IVIG/SCIG course: weeks between cycles")
 
     @model_validator(mode="after")
     def _dates_in_order(self) -> "Treatment":
@@ -137,7 +181,7 @@ class Contraindication(_Model):
 
 class Assessment(_Model):
     measure: Text
-    value: float
+    value: float = Field(ge=-MAX_QUANTITY, le=MAX_QUANTITY)
     unit: Optional[str] = None
     date: IsoDate
 
@@ -155,12 +199,12 @@ class Request(_Model):
     therapy: Therapy
     product: Text = Field(description="brand name; criteria/products.yaml gives HCPCS code and billing unit")
     request_type: Literal["initial", "continuation"] = "initial"
-    dose_g_per_kg: Optional[float] = Field(default=None, gt=0)
-    days_per_cycle: Optional[int] = Field(default=None, gt=0)
-    interval_weeks: Optional[float] = Field(default=None, gt=0)
-    cycles: Optional[int] = Field(default=None, gt=0)
-    dose_mg: Optional[float] = Field(default=None, gt=0)
-    doses: Optional[int] = Field(default=None, gt=0)
+    dose_g_per_kg: Optional[float] = Field(default=None, gt=0, le=MAX_QUANTITY)
+    days_per_cycle: Optional[int] = Field(default=None, gt=0, le=MAX_QUANTITY)
+    interval_weeks: Optional[float] = Field(default=None, gt=0, le=MAX_QUANTITY)
+    cycles: Optional[int] = Field(default=None, gt=0, le=MAX_QUANTITY)
+    dose_mg: Optional[float] = Field(default=None, gt=0, le=MAX_QUANTITY)
+    doses: Optional[int] = Field(default=None, gt=0, le=MAX_QUANTITY)
     start_date: Optional[IsoDate] = None
     site_of_care: Optional[Literal["home", "infusion_center", "hospital_outpatient", "physician_office"]] = None
 
@@ -181,6 +225,21 @@ class Referral(_Model):
     clinical_course: Optional[Literal["stable", "active", "rapidly_progressive"]] = None
     request: Request
 
+    @field_validator("referral_id")
+    @classmethod
+    def _not_a_folder_name(cls, value: str) -> str:
+        if value.strip(".") == "":
+            raise ValueError("must not be only dots (it names the output files)")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_control_characters(cls, data: Any) -> Any:
+        where = _control_characters(data)
+        if where is not None:
+            raise ValueError(f"{where}: contains a NUL or an unpaired surrogate character: remove it")
+        return data
+
     @model_validator(mode="after")
     def _birth_not_after_date(self) -> "Referral":
         if self.patient.birth_date > self.date:
@@ -191,10 +250,21 @@ class Referral(_Model):
 # ---------------------------------------------------------------- loading
 
 
+_FIELD_LIKE = re.compile(r"[a-z][a-z0-9_]{0,40}\Z")
+
+
+def _loc_part(part: Any) -> str:
+    """A step of an error's location: indexes and field-like keys as they are; an unknown key
+    that does not look like a field name (it may be a patient's name) is not repeated."""
+    if isinstance(part, int) or (isinstance(part, str) and _FIELD_LIKE.match(part)):
+        return str(part)
+    return "(an unknown key)"
+
+
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = [f"{source}: {exc.error_count()} problem(s) in the referral"]
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        loc = ".".join(_loc_part(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         # Messages never carry the rejected value (our validators and pydantic's default
         # messages name the field and the rule): it may be protected health information.
