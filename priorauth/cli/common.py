@@ -46,9 +46,10 @@ def criteria_for(root: Path | None):
 
 def read_referral(path: str, criteria_dir: Path | None = None):
     """(referral, import warnings) from a path, or standard input for `-`."""
+    from ..core.yamlio import read_stream
     from ..io.readers import read_referral as read
 
     criteria = criteria_for(criteria_dir)  # cached per folder: a FHIR bundle is read with its names and maps
     if path == "-":
-        return read("<stdin>", sys.stdin.read(), criteria=criteria)
+        return read("<stdin>", read_stream(sys.stdin.buffer), criteria=criteria)
     return read(path, None, criteria=criteria)

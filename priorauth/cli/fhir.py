@@ -44,12 +44,12 @@ def import_fhir(bundle, request_file, payer, member_id, output, as_json, force, 
         priorauth import-fhir samples/fhir/dm-bundle.json -o dm-referral.yaml
         priorauth import-fhir export.json --request request.yaml --payer medicare --json | jq .treatments
     """
-    from ..core.yamlio import parse_text, read_text
+    from ..core.yamlio import parse_text, read_stream, read_text
     from ..model.referral import referral_from_data
 
     if as_json == bool(output):
         raise click.UsageError("give either -o FILE or --json")
-    source, text = ("<stdin>", sys.stdin.read()) if bundle == "-" else (bundle, read_text(Path(bundle)))
+    source, text = ("<stdin>", read_stream(sys.stdin.buffer)) if bundle == "-" else (bundle, read_text(Path(bundle)))
     data = parse_text(text, source)
     if not isinstance(data, dict) or "resourceType" not in data:
         raise UserError(f"{source}: resourceType: not a FHIR resource (expected a JSON Bundle)")
@@ -76,7 +76,7 @@ def import_fhir(bundle, request_file, payer, member_id, output, as_json, force, 
 def _read_supplement(path: Optional[str]) -> Optional[dict]:
     if path is None:
         return None
-    from ..core.yamlio import parse_text, read_text
+    from ..core.yamlio import parse_text, read_stream, read_text
 
     data = parse_text(read_text(Path(path)), path)
     if not isinstance(data, dict):

@@ -19,6 +19,7 @@ from ..model.referral import Patient, Referral
 CM_PER_INCH = 2.54
 DEVINE_BASE_KG = {"male": 50.0, "female": 45.5}
 DEVINE_KG_PER_INCH = 2.3
+DEVINE_MIN_HEIGHT_CM = 60 * CM_PER_INCH  # the formula's floor
 ADJUSTED_FRACTION = 0.4
 DEFAULT_ADJUSTED_WEIGHT_BMI = 30.0  # when no policy applies (the baseline's threshold)
 
@@ -51,6 +52,7 @@ class DosingWeight:
     bmi: Optional[float] = None
     ibw: Optional[float] = None
     missing: list[str] = field(default_factory=list)
+    note: Optional[str] = None  # a warning for the determination
 
 
 def dosing_weight(patient: Patient, bmi_threshold: float = 30) -> DosingWeight:
@@ -63,6 +65,12 @@ def dosing_weight(patient: Patient, bmi_threshold: float = 30) -> DosingWeight:
     index = bmi(weight, height)
     if index < bmi_threshold:
         return DosingWeight(weight, "actual", index)
+    if height < DEVINE_MIN_HEIGHT_CM:
+        # Devine's formula is defined from 60 inches up (below ~102 cm it is negative): a child
+        # or a very short adult is dosed on actual weight, and the prescriber is told so.
+        return DosingWeight(weight, "actual", index, note=(
+            f"BMI {index:.1f} would call for adjusted body weight, but ideal body weight (Devine) is not "
+            f"defined under 60 inches (152 cm): actual weight used; confirm the dose with the prescriber"))
     ibw = ideal_body_weight(patient.sex, height)
     if ibw is None:
         return DosingWeight(None, None, index, missing=[
@@ -108,6 +116,8 @@ def compute(referral: Referral, products: Any, therapy: Any, bmi_threshold: floa
                 "billing_units_per_dose": units,
                 "billing_unit": _unit_text(product.unit.amount, product.unit.of) if product else None}
     weight = weight or dosing_weight(referral.patient, bmi_threshold)
+    if weight.note:
+        warnings.append(weight.note)
     dose, days = req.dose_g_per_kg, req.days_per_cycle
     if weight.kg is None or dose is None:
         return None

@@ -16,7 +16,7 @@ from dateutil.parser import isoparse
 from pydantic import ValidationError
 
 from ...core.errors import InputError
-from . import shapes
+from .shapes import bundle_shell_conforms, resource_conforms, table as shape_table
 
 NPI_SYSTEM = "http://hl7.org/fhir/sid/us-npi"
 ICD10CM_SYSTEMS = {"http://hl7.org/fhir/sid/icd-10-cm", "urn:oid:2.16.840.1.113883.6.90"}
@@ -195,7 +195,7 @@ def check_entries(data: dict, source: str) -> None:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             raise InputError(f"{source}: entry[{i}].resource: missing (every entry needs a resource)")
-        if str(resource.get("resourceType")) in shapes.table()["resources"]:
+        if str(resource.get("resourceType")) in shape_table()["resources"]:
             continue  # an R4B resource type: no need to ask the library
         from fhir.resources.R4B import get_fhir_model_class
 
@@ -216,7 +216,7 @@ def validate(data: dict, source: str) -> None:
     polymorphic Resource that the library resolves and validates again for every entry).
     """
     shell = {**data, "entry": [{k: v for k, v in entry.items() if k != "resource"} for entry in data["entry"]]}
-    if shapes.bundle_shell_conforms(shell) and all(shapes.resource_conforms(e["resource"]) for e in data["entry"]):
+    if bundle_shell_conforms(shell) and all(resource_conforms(e["resource"]) for e in data["entry"]):
         return  # certainly valid (shapes.py): fhir.resources would accept it, and is not imported
     from fhir.resources.R4B import get_fhir_model_class
     from fhir.resources.R4B.bundle import Bundle as BundleModel
