@@ -594,6 +594,27 @@ def test_fhir_batch_honours_criteria(tmp_path):
     assert {r["payer"] for r in _worklist(tmp_path / "cli")} == {"acme-health"}
 
 
+def test_api_and_check_read_a_bundle_with_the_criteria_given(tmp_path):
+    import shutil
+
+    import priorauth
+
+    other = tmp_path / "criteria"
+    shutil.copytree(CRIT.root, other)
+    payers = other / "fhir" / "payers.yaml"
+    payers.write_text(payers.read_text(encoding="utf-8") + "  medicare: acme-health\n", encoding="utf-8")
+    bundle = SAMPLES / "dm-bundle.json"
+    assert priorauth.load_referral(bundle).coverage.payer == "medicare"
+    assert priorauth.load_referral(bundle, criteria=other).coverage.payer == "acme-health"
+    assert priorauth.import_fhir(bundle, criteria=other).coverage.payer == "acme-health"
+    assert priorauth.check(bundle.read_text(encoding="utf-8"), criteria=other).referral.coverage.payer == "acme-health"
+    for criteria, payer in ((None, "medicare"), (other, "baseline")):  # acme-health has no variant of its own
+        args = ["check", str(bundle), "--json"] + (["--criteria", str(criteria)] if criteria else [])
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output)["policy"]["payer"] == payer
+
+
 def test_fhir_batch_loads_criteria_and_maps_once(tmp_path, monkeypatch):
     from priorauth.batch.run import run_batch
     from priorauth.criteria import policy
