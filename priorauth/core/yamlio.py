@@ -279,23 +279,25 @@ def _parse_json(text: str, source: str) -> Any:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         data = _NOT_JSON
-    if data is not _NOT_JSON and "\\u0022" not in text and _SPACE_COLON.search(text) is None and \
-            text.count('":') == orjson.dumps(data).count(b'":'):
-        pass
-    else:
-        try:
-            data = _json_decoder.decode(text)
-        except json.JSONDecodeError:
-            return _NOT_JSON
-        except _JSONRefused as exc:
-            raise InputError(f"{source}: not valid YAML or JSON: {exc}") from None
-        except RecursionError:
-            raise InputError(f"{source}: not valid YAML or JSON: nested more than {MAX_DEPTH} levels deep") from None
-    if text.count("{") + text.count("[") > MAX_DEPTH:  # fewer containers cannot nest deeper
-        try:
+    # Fewer containers cannot nest deeper than MAX_DEPTH, and fewer commas cannot make
+    # MAX_NODES values: most documents need no walk.
+    containers = text.count("{") + text.count("[")
+    many = containers > MAX_DEPTH or text.count(",") + 2 * containers >= MAX_NODES
+    try:
+        if data is not _NOT_JSON and many:
             _check_shape(data)
-        except _JSONRefused as exc:
-            raise InputError(f"{source}: not valid YAML or JSON: {exc}") from None
+        if data is not _NOT_JSON and "\\u0022" not in text and _SPACE_COLON.search(text) is None \
+                and text.count('":') == orjson.dumps(data).count(b'":'):
+            return data
+        data = _json_decoder.decode(text)
+        if many:
+            _check_shape(data)
+    except json.JSONDecodeError:
+        return _NOT_JSON
+    except _JSONRefused as exc:
+        raise InputError(f"{source}: not valid YAML or JSON: {exc}") from None
+    except (RecursionError, orjson.JSONEncodeError):
+        raise InputError(f"{source}: not valid YAML or JSON: nested more than {MAX_DEPTH} levels deep") from None
     return data
 
 
