@@ -711,3 +711,10 @@ def test_control_characters_are_escaped_in_the_worklist(tmp_path):
     assert "\x1b" not in raw and "\x07" not in raw and "Pa\\x1b[31mtient\\x07" in raw
     assert "\\u001b" in (tmp_path / "out" / "results.jsonl").read_text() or "\x1b" not in \
         (tmp_path / "out" / "results.jsonl").read_text()
+
+
+@pytest.mark.parametrize("text", ['{"a": 1, "a": 2}', '{"a" : 1, "a": 2}', '{"a"\n: 1, "a": 2}', '{"b": {"a": 1,"a":2}}',
+                                  '{"x\\u0022": 1, "a": 2, "a": 3}', '{"q": "x\\":", "a": 1, "a": 2}'])
+def test_duplicate_json_keys_are_found_however_the_json_is_written(text):
+    with pytest.raises(InputError, match="duplicate key 'a'"):
+        parse_text(text, "r.json")
