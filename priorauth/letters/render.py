@@ -3,7 +3,7 @@
 `letter_context` decides what a letter says, as a plain JSON-able dict built from the
 referral and its determination; `templates/letter-text.yaml` holds the wording and the
 layout templates in `templates/` decide how it looks (docxtpl for DOCX, Jinja2 for HTML and
-Markdown; PDF is the DOCX converted by LibreOffice, see pdf.py). Every template is rendered
+Markdown; Typst for PDF, see formats/pdf.py). Every template is rendered
 in a Jinja2 sandbox with StrictUndefined and escaping for its format, so a practice's own
 template (`template=`) can neither reach Python internals nor print a misspelled name as a
 blank. Heavy libraries (jinja2, docxtpl, lxml, matplotlib) are imported only when a letter
@@ -34,7 +34,7 @@ FORMATS = ("docx", "pdf", "html", "md")
 KINDS = ("initial", "continuation", "appeal")
 TEMPLATES = templates_dir()
 WORDING = TEMPLATES / "letter-text.yaml"
-BUILTIN = {"docx": "letter.docx", "pdf": "letter.docx", "html": "letter.html.j2", "md": "letter.md.j2"}
+BUILTIN = {"docx": "letter.docx", "pdf": "letter.typ", "html": "letter.html.j2", "md": "letter.md.j2"}
 EXTENSIONS = {".docx": "docx", ".pdf": "pdf", ".html": "html", ".htm": "html", ".md": "md", ".markdown": "md"}
 MET = "met"
 MAX_CHART_MEASURES = 6
@@ -426,9 +426,9 @@ def _continuation(referral, words: dict, vocabulary, therapy_short: str) -> dict
                 u = f" {unit}" if unit else ""
                 improved.append(f"{lcfirst(label)} from {num(baseline.value)}{u} to {num(latest.value)}{u}")
         measures.append(row)
-        if len(points) >= 2:
+        if len(points) >= 3:  # two points are a change, not a trend: the table says it
             series.append({"key": key, "label": label, "unit": unit,
-                           "points": [[p.date.isoformat(), p.value] for p in points]})
+                           "points": [[p.date.isoformat(), p.value, us_date(p.date), num(p.value)] for p in points]})
     return {
         "first_course": us_date(first),
         "first_course_iso": first.isoformat() if first else None,
@@ -749,8 +749,12 @@ def _template_error(exc: BaseException, template: Path, custom: bool) -> PriorAu
     return PriorAuthError(f"{where}: built-in template failed: {what}")
 
 
-def _render_text(ctx: Mapping[str, Any], fmt: str, template: Path, custom: bool) -> bytes:
+def render_text(ctx: Mapping[str, Any], fmt: str, template: Optional[str | Path] = None) -> bytes:
+    """HTML or Markdown through Jinja2; `template` None is the built-in one."""
     from jinja2 import TemplateError
+
+    custom = template is not None
+    template = template_path(fmt, template)
 
     env = jinja_env(fmt) if custom else _builtin_env(fmt, template.parent)
     data = dict(ctx)
@@ -773,7 +777,10 @@ def _render_text(ctx: Mapping[str, Any], fmt: str, template: Path, custom: bool)
         raise _template_error(exc, template, custom) from None
 
 
-def _render_docx(ctx: Mapping[str, Any], template: Path, custom: bool) -> bytes:
+def render_docx(ctx: Mapping[str, Any], template: Optional[str | Path] = None) -> bytes:
+    """DOCX through docxtpl; `template` None is the built-in one."""
+    custom = template is not None
+    template = template_path("docx", template)
     from docx.shared import Mm
     from docxtpl import DocxTemplate, InlineImage
     from jinja2 import TemplateError
@@ -835,23 +842,21 @@ def normalize_zip(data: bytes, as_of: Optional[str]) -> bytes:
 
 
 def render_context(context: Mapping[str, Any], fmt: str, template: Optional[str | Path] = None) -> bytes:
-    """A letter context (letter_context) -> bytes of the letter in `fmt`."""
+    """A letter context (letter_context) -> bytes of the letter in `fmt` (the formats registry)."""
+    from . import formats
+
     if fmt not in FORMATS:
         raise InputError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    path = template_path(fmt, template)
-    custom = template is not None
-    if fmt in ("docx", "pdf"):
-        if custom and path.suffix.lower() != ".docx":
-            raise InputError(f"{path}: a {fmt} letter needs a .docx template")
-        data = _render_docx(context, path, custom)
-        if fmt == "pdf":
-            from .pdf import docx_to_pdf
-
-            data = docx_to_pdf(data, source_date=context.get("letter_date_iso"))
-        return data
-    if custom and path.suffix.lower() == ".docx":
-        raise InputError(f"{path}: a {fmt} letter needs a text (Jinja2) template, not a .docx")
-    return _render_text(context, fmt, path, custom)
+    spec = formats.get(fmt)
+    if template is not None:
+        path = Path(template)
+        suffix = path.suffix.lower()
+        if spec.template_suffixes and suffix not in spec.template_suffixes:
+            raise InputError(f"{path}: a {fmt} letter needs a {' or '.join(spec.template_suffixes)} template")
+        if not spec.template_suffixes and suffix in (".docx", ".typ"):
+            raise InputError(f"{path}: a {fmt} letter needs a text (Jinja2) template, not a {suffix}")
+        return spec.render(context, path)
+    return spec.render(context, None)
 
 
 def render_letter(referral, determination, fmt: str, kind: str = "initial", draft: bool = False,

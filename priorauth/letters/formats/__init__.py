@@ -1,0 +1,44 @@
+"""Output formats of a letter: one registration each (name, extension, render).
+
+`render(context, template)` turns a letter context (priorauth.letters.context) into bytes;
+`template` is None for the built-in layout or the path of a practice's own template. To add a
+format, write a module here that calls `register(...)` and list it in `_MODULES`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+Renderer = Callable[[Mapping[str, Any], Optional[Path]], bytes]
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    extension: str
+    render: Renderer
+    template_suffixes: tuple[str, ...] = ()  # what a custom template for this format may be
+    aliases: tuple[str, ...] = field(default=())  # other file extensions that mean this format
+
+
+REGISTRY: dict[str, Format] = {}
+_MODULES = ("docx", "pdf", "html", "md")
+
+
+def register(fmt: Format) -> Format:
+    REGISTRY[fmt.name] = fmt
+    return fmt
+
+
+def get(name: str) -> Format:
+    if not REGISTRY:
+        for mod in _MODULES:
+            import_module(f"{__name__}.{mod}")
+    return REGISTRY[name]
+
+
+def names() -> tuple[str, ...]:
+    return _MODULES
