@@ -279,19 +279,41 @@ def example_data(path: Path) -> dict:
     return json.loads(json.dumps(example(path), default=str))
 
 
-def test_wording_lives_in_the_data_file(criteria, tmp_path, monkeypatch):
-    """One change of wording is one change to templates/letter-text.yaml, in every format."""
-    text = render.WORDING.read_text(encoding="utf-8")
+def test_wording_lives_in_the_data_file(criteria, tmp_path):
+    """One change of wording is one change to templates/letter-text.yaml, in every format; a
+    templates folder (--templates / PRIORAUTH_TEMPLATES) is read once, when Letters is made."""
+    alt = tmp_path / "templates"
+    shutil.copytree(render.TEMPLATES, alt)
+    text = (alt / "letter-text.yaml").read_text(encoding="utf-8")
     changed = text.replace("IgA level before the first course", "Serum IgA measured before the first course")
     assert changed != text
-    alt = tmp_path / "letter-text.yaml"
-    alt.write_text(changed, encoding="utf-8")
-    monkeypatch.setattr(render, "WORDING", alt)
+    (alt / "letter-text.yaml").write_text(changed, encoding="utf-8")
+    letters = render.Letters(alt)
+    (alt / "letter-text.yaml").write_text("broken: [", encoding="utf-8")  # read no file after construction
+    (alt / "letter.md.j2").write_text("{{ nope }}", encoding="utf-8")
     ref, det = decide(dm_data(), criteria)
     for fmt in ("html", "md"):
-        out = render.render_letter(ref, det, fmt).decode()
+        out = letters.render(ref, det, fmt).decode()
         assert "Serum IgA measured before the first course" in out
-    assert "Serum IgA measured" in docx_text(render.render_letter(ref, det, "docx"))
+    assert "Serum IgA measured" in docx_text(letters.render(ref, det, "docx"))
+    assert "Serum IgA measured" in pdf_text(letters.render(ref, det, "pdf"))
+    assert "Serum IgA measured" not in render.render_letter(ref, det, "md").decode()  # the bundled one
+
+
+def test_cli_templates_option_and_variable(tmp_path, monkeypatch):
+    alt = tmp_path / "templates"
+    shutil.copytree(render.TEMPLATES, alt)
+    text = (alt / "letter-text.yaml").read_text(encoding="utf-8")
+    (alt / "letter-text.yaml").write_text(text.replace("Dear Medical Director:", "Dear Reviewer:"), encoding="utf-8")
+    out = tmp_path / "a.md"
+    assert run(DM, "-o", out, "--templates", alt).exit_code == 0
+    assert "Dear Reviewer:" in out.read_text(encoding="utf-8")
+    monkeypatch.setenv("PRIORAUTH_TEMPLATES", str(alt))
+    out2 = tmp_path / "b.md"
+    assert run(DM, "-o", out2).exit_code == 0
+    assert "Dear Reviewer:" in out2.read_text(encoding="utf-8")
+    result = run(DM, "-o", tmp_path / "c.md", "--templates", tmp_path / "nowhere")
+    assert result.exit_code == 2 and "nowhere" in result.output
 
 
 def test_same_input_same_docx_bytes(criteria):
@@ -672,7 +694,10 @@ def test_cli_choices_match_the_library():
     from priorauth.cli import letter as commands_letter
 
     assert commands_letter.FORMAT_CHOICES == render.FORMATS
-    assert commands_letter.KIND_CHOICES == render.KINDS
+    assert commands_letter.KIND_CHOICES == render.KINDS + ("p2p",)
+    from priorauth.letters import formats
+
+    assert tuple(formats.get(f).name for f in render.FORMATS) == render.FORMATS  # one registration each
 
 
 def test_check_does_not_import_the_renderers():

@@ -155,3 +155,30 @@ def test_custom_typst_template_gets_data_not_markup(criteria, tmp_path):
 
     with pytest.raises(InputError, match="bad.typ"):
         render.render_letter(ref, det, "pdf", template=bad)
+
+
+# ------------------------------------------------------------------ peer-to-peer sheet
+
+
+@pytest.mark.parametrize("denial", [None, DENIAL], ids=["initial", "after-denial"])
+def test_p2p_sheet_is_one_page_with_the_contested_criterion(criteria, denial):
+    ref, det = decide(dm_data(), criteria)
+    pdf = render.render_letter(ref, det, "pdf", kind="p2p", denial=denial)
+    reader = pypdf.PdfReader(io.BytesIO(pdf))
+    assert len(reader.pages) == 1
+    text = flat(reader.pages[0].extract_text())
+    for heading in ("Peer-to-peer review sheet", "Contested criterion", "Key dates", "Policy wording", "Literature"):
+        assert heading in text
+    assert "PMID 24387253" in text or denial is None  # from the criteria source's text
+    if denial:
+        assert "Refractory to systemic corticosteroids" in text and "PA-2026-778812" in text
+    assert "4,850" in text  # key labs
+
+
+def test_cli_p2p_is_pdf_only(tmp_path):
+    out = tmp_path / "p2p.pdf"
+    result = run(DM, "-o", out, "--kind", "p2p")
+    assert result.exit_code == 0, result.output
+    assert len(pypdf.PdfReader(out).pages) == 1
+    bad = run(DM, "-o", tmp_path / "p2p.docx", "--kind", "p2p")
+    assert bad.exit_code == 2 and "PDF" in bad.output

@@ -121,10 +121,11 @@ def packet_context(determination, *, kind: Optional[str] = None, denial: Optiona
     """The letter model plus `packet`: cover rows, contents, checklist, index; attachments as (name, pages)."""
     from . import render
 
+    letters = letters if letters is not None else render.default_letters()
     det, ref = determination, determination.referral
     kind = kind or ref.request.request_type
-    ctx = render.letter_context(ref, det, kind=kind, draft=draft, denial=denial, vocabulary=det.vocabulary)
-    words = render.wording()
+    ctx = letters.context(ref, det, kind=kind, draft=draft, denial=denial, vocabulary=det.vocabulary)
+    words = letters.words
     pres = ctx["prescriber"]
     attachments = list(attachments)
     desk = "Appeals" if kind == "appeal" else "Prior Authorization / Utilization Management"
@@ -159,29 +160,32 @@ def packet_context(determination, *, kind: Optional[str] = None, denial: Optiona
     return ctx
 
 
-def _stamp(pages: list[tuple[float, float]], first: int, total: int, footer: str) -> bytes:
+def _stamp(root: Path, pages: list[tuple[float, float]], first: int, total: int, footer: str) -> bytes:
     """One overlay page per attachment page (its own size) carrying the packet footer."""
-    from . import render
     from .formats.pdf import compile_typst
 
     data = {"pages": [{"w": w, "h": h, "n": first + i} for i, (w, h) in enumerate(pages)],
             "total": total, "footer": footer, "letter_date_iso": None}
-    return compile_typst(render.TEMPLATES / "stamp.typ", data)
+    return compile_typst(root / "stamp.typ", data)
 
 
 def render_packet(determination, *, kind: Optional[str] = None, denial: Optional[Mapping[str, Any]] = None,
                   attachments: Iterable[Attachment] = (), draft: bool = False,
-                  payer_fax: Optional[str] = None) -> bytes:
-    """The whole packet as PDF bytes. InputError names an attachment that is not a readable PDF."""
+                  payer_fax: Optional[str] = None, letters=None) -> bytes:
+    """The whole packet as PDF bytes. InputError names an attachment that is not a readable PDF.
+
+    `attachments`: paths, or (name, bytes) pairs; `letters`: a prepared Letters (templates folder).
+    """
     from pypdf import PdfReader, PdfWriter
 
     from . import render
     from .formats.pdf import compile_typst
 
+    letters = letters if letters is not None else render.default_letters()
     read = [read_attachment(a) for a in attachments]
     ctx = packet_context(determination, kind=kind, denial=denial, draft=draft, payer_fax=payer_fax,
-                         attachments=[(n, len(r.pages)) for n, _, r in read])
-    main = compile_typst(render.TEMPLATES / "packet.typ", ctx, extra={"extra_pages": str(ctx["packet"]["extra_pages"])})
+                         attachments=[(n, len(r.pages)) for n, _, r in read], letters=letters)
+    main = compile_typst(letters.dir / "packet.typ", ctx, extra={"extra_pages": str(ctx["packet"]["extra_pages"])})
     own = PdfReader(io.BytesIO(main))
     total = len(own.pages) + ctx["packet"]["extra_pages"]
     writer = PdfWriter()
@@ -190,7 +194,7 @@ def render_packet(determination, *, kind: Optional[str] = None, denial: Optional
     n = len(own.pages) + 1
     for name, _, reader in read:
         sizes = [(float(p.mediabox.width), float(p.mediabox.height)) for p in reader.pages]
-        stamps = PdfReader(io.BytesIO(_stamp(sizes, n, total, footer)))
+        stamps = PdfReader(io.BytesIO(_stamp(letters.dir, sizes, n, total, footer)))
         for page, stamp in zip(reader.pages, stamps.pages):
             added = writer.add_page(page)
             added.merge_page(stamp)

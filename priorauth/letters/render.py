@@ -475,7 +475,7 @@ def _appeal(denial: dict, det, policy) -> dict:
 
 
 def letter_context(referral, determination, kind: str = "initial", draft: bool = False,
-                   denial: Optional[Mapping[str, Any]] = None, *, vocabulary=None) -> dict:
+                   denial: Optional[Mapping[str, Any]] = None, *, vocabulary=None, words: Optional[dict] = None) -> dict:
     """Everything a letter says, as a plain JSON-able dict (strings, numbers, lists, dicts).
 
     `denial` (appeals): {reason, date?, reference?, criteria?: [criterion ids]}.
@@ -487,7 +487,7 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     det, ref = determination, referral
     if kind == "appeal" and not denial:
         raise InputError("an appeal letter needs the denial: --denial FILE, or --denial-reason")
-    words = wording()
+    words = words if words is not None else wording()
     req, pat, cov, pres = ref.request, ref.patient, ref.coverage, ref.prescriber
     policy = det.policy
     d = det.dosing or {}
@@ -749,14 +749,15 @@ def _template_error(exc: BaseException, template: Path, custom: bool) -> PriorAu
     return PriorAuthError(f"{where}: built-in template failed: {what}")
 
 
-def render_text(ctx: Mapping[str, Any], fmt: str, template: Optional[str | Path] = None) -> bytes:
-    """HTML or Markdown through Jinja2; `template` None is the built-in one."""
+def render_text(ctx: Mapping[str, Any], fmt: str, template: Optional[str | Path] = None, assets=None) -> bytes:
+    """HTML or Markdown through Jinja2; `template` None is the built-in one (from `assets`, a Letters)."""
     from jinja2 import TemplateError
 
     custom = template is not None
-    template = template_path(fmt, template)
+    assets = assets if assets is not None else default_letters()
+    template = Path(template) if custom else assets.dir / BUILTIN[fmt]
 
-    env = jinja_env(fmt) if custom else _builtin_env(fmt, template.parent)
+    env = jinja_env(fmt) if custom else assets.text_env(fmt)
     data = dict(ctx)
     png = chart_png(ctx) if fmt == "html" else None
     if png:
@@ -777,18 +778,22 @@ def render_text(ctx: Mapping[str, Any], fmt: str, template: Optional[str | Path]
         raise _template_error(exc, template, custom) from None
 
 
-def render_docx(ctx: Mapping[str, Any], template: Optional[str | Path] = None) -> bytes:
-    """DOCX through docxtpl; `template` None is the built-in one."""
+def render_docx(ctx: Mapping[str, Any], template: Optional[str | Path] = None, assets=None) -> bytes:
+    """DOCX through docxtpl; `template` None is the built-in one (read once by `assets`, a Letters)."""
     custom = template is not None
-    template = template_path("docx", template)
+    assets = assets if assets is not None else default_letters()
     from docx.shared import Mm
     from docxtpl import DocxTemplate, InlineImage
     from jinja2 import TemplateError
 
-    try:
-        raw = template.read_bytes()
-    except OSError as exc:
-        raise (InputError if custom else PriorAuthError)(f"{template}: cannot read: {exc.strerror}") from None
+    if custom:
+        template = Path(template)
+        try:
+            raw = template.read_bytes()
+        except OSError as exc:
+            raise InputError(f"{template}: cannot read: {exc.strerror}") from None
+    else:
+        template, raw = assets.dir / BUILTIN["docx"], assets.docx
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         raise (InputError if custom else PriorAuthError)(f"{template}: not a .docx file (a DOCX template is needed for docx and pdf)")
     tpl = DocxTemplate(io.BytesIO(raw))
@@ -841,10 +846,12 @@ def normalize_zip(data: bytes, as_of: Optional[str]) -> bytes:
     return out.getvalue()
 
 
-def render_context(context: Mapping[str, Any], fmt: str, template: Optional[str | Path] = None) -> bytes:
+def render_context(context: Mapping[str, Any], fmt: str, template: Optional[str | Path] = None, assets=None) -> bytes:
     """A letter context (letter_context) -> bytes of the letter in `fmt` (the formats registry)."""
     from . import formats
 
+    if context.get("kind") == "p2p" and fmt != "pdf":
+        raise InputError(f"the peer-to-peer sheet is a one-page PDF: use --format pdf, not {fmt}")
     if fmt not in FORMATS:
         raise InputError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
     spec = formats.get(fmt)
@@ -855,18 +862,100 @@ def render_context(context: Mapping[str, Any], fmt: str, template: Optional[str 
             raise InputError(f"{path}: a {fmt} letter needs a {' or '.join(spec.template_suffixes)} template")
         if not spec.template_suffixes and suffix in (".docx", ".typ"):
             raise InputError(f"{path}: a {fmt} letter needs a text (Jinja2) template, not a {suffix}")
-        return spec.render(context, path)
-    return spec.render(context, None)
+        return spec.render(context, path, assets)
+    return spec.render(context, None, assets)
 
 
 def render_letter(referral, determination, fmt: str, kind: str = "initial", draft: bool = False,
                   template: Optional[str | Path] = None, denial: Optional[Mapping[str, Any]] = None,
-                  *, vocabulary=None) -> bytes:
-    """The letter as bytes in `fmt` (docx, pdf, html, md); `template` replaces the built-in one."""
-    if fmt not in FORMATS:
-        raise InputError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
-    ctx = letter_context(referral, determination, kind=kind, draft=draft, denial=denial, vocabulary=vocabulary)
-    return render_context(ctx, fmt, template)
+                  *, vocabulary=None, templates: Optional[str | Path] = None) -> bytes:
+    """The letter as bytes in `fmt` (docx, pdf, html, md); `template` replaces the built-in one,
+    `templates` is another templates folder (default: the bundled one, or $PRIORAUTH_TEMPLATES)."""
+    return letters_for(templates).render(referral, determination, fmt, kind=kind, draft=draft, template=template,
+                                         denial=denial, vocabulary=vocabulary)
+
+
+class Letters:
+    """Templates and wording read once, from one templates folder; rendering reads no file after.
+
+    (Typst keeps the .typ sources and the fonts in its compiler, made once per template.)
+    """
+
+    TEXT = ("html", "md")
+
+    def __init__(self, templates: Optional[str | Path] = None):
+        from ..core.yamlio import read_yaml
+
+        self.dir = Path(templates_dir(templates))
+        if not self.dir.is_dir():
+            raise InputError(f"{self.dir}: templates folder not found")
+        wording_file = self.dir / "letter-text.yaml"
+        if not wording_file.is_file():
+            raise InputError(f"{wording_file}: letter wording file not found in the templates folder")
+        self.words = read_yaml(wording_file)
+        if not isinstance(self.words, dict):
+            raise PriorAuthError(f"{wording_file}: expected a mapping of wording")
+        try:
+            self.docx = (self.dir / BUILTIN["docx"]).read_bytes()
+            self.sources = {fmt: (self.dir / BUILTIN[fmt]).read_text(encoding="utf-8") for fmt in self.TEXT}
+        except OSError as exc:
+            raise InputError(f"{exc.filename}: template missing from the templates folder ({exc.strerror})") from None
+        for name in ("letter.typ", "letter-body.typ", "common.typ", "packet.typ", "p2p.typ", "stamp.typ"):
+            if not (self.dir / name).is_file():
+                raise InputError(f"{self.dir / name}: template missing from the templates folder")
+        self._envs: dict[str, Any] = {}
+
+    def text_env(self, fmt: str):
+        env = self._envs.get(fmt)
+        if env is None:
+            from jinja2 import DictLoader
+
+            env = jinja_env(fmt)
+            env.loader = DictLoader({BUILTIN[fmt]: self.sources[fmt]})
+            self._envs[fmt] = env
+        return env
+
+    def context(self, referral, determination, kind: str = "initial", draft: bool = False,
+                denial: Optional[Mapping[str, Any]] = None, *, vocabulary=None) -> dict:
+        if kind == "p2p":
+            from .p2p import p2p_context
+
+            return p2p_context(referral, determination, draft=draft, denial=denial, vocabulary=vocabulary,
+                               words=self.words)
+        return letter_context(referral, determination, kind=kind, draft=draft, denial=denial,
+                              vocabulary=vocabulary, words=self.words)
+
+    def render_context(self, ctx: Mapping[str, Any], fmt: str, template: Optional[str | Path] = None) -> bytes:
+        return render_context(ctx, fmt, template, assets=self)
+
+    def render(self, referral, determination, fmt: str, kind: str = "initial", draft: bool = False,
+               template: Optional[str | Path] = None, denial: Optional[Mapping[str, Any]] = None,
+               *, vocabulary=None) -> bytes:
+        if fmt not in FORMATS:
+            raise InputError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        ctx = self.context(referral, determination, kind=kind, draft=draft, denial=denial, vocabulary=vocabulary)
+        return self.render_context(ctx, fmt, template)
+
+    def packet(self, determination, *, kind: Optional[str] = None, denial: Optional[Mapping[str, Any]] = None,
+               attachments=(), draft: bool = False, payer_fax: Optional[str] = None) -> bytes:
+        from .packet import render_packet
+
+        return render_packet(determination, kind=kind, denial=denial, attachments=attachments, draft=draft,
+                             payer_fax=payer_fax, letters=self)
+
+
+@functools.lru_cache(maxsize=8)
+def _letters(root: str) -> Letters:
+    return Letters(root)
+
+
+def letters_for(templates: Optional[str | Path] = None) -> Letters:
+    """The prepared Letters of a templates folder (default: $PRIORAUTH_TEMPLATES or the bundled one)."""
+    return _letters(str(templates_dir(templates)))
+
+
+def default_letters() -> Letters:
+    return letters_for(None)
 
 
 def write_letter(path: str | Path, data: bytes, force: bool = False) -> Path:

@@ -1,7 +1,8 @@
 """Output formats of a letter: one registration each (name, extension, render).
 
-`render(context, template)` turns a letter context (priorauth.letters.context) into bytes;
-`template` is None for the built-in layout or the path of a practice's own template. To add a
+`render(context, template, assets)` turns a letter context into bytes; `template` is None for
+the built-in layout or the path of a practice's own template; `assets` is the prepared
+`Letters` (templates folder, wording) to take the built-in layout from. To add a
 format, write a module here that calls `register(...)` and list it in `_MODULES`.
 """
 
@@ -12,7 +13,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-Renderer = Callable[[Mapping[str, Any], Optional[Path]], bytes]
+Renderer = Callable[..., bytes]
 
 
 @dataclass(frozen=True)

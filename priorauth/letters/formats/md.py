@@ -5,10 +5,10 @@ from __future__ import annotations
 from . import Format, register
 
 
-def _render(ctx, template):
+def _render(ctx, template, assets=None):
     from ..render import render_text
 
-    return render_text(ctx, "md", template)
+    return render_text(ctx, "md", template, assets)
 
 
 register(Format("md", ".md", _render, aliases=(".markdown",)))

@@ -65,13 +65,14 @@ def compile_typst(main: Path, ctx: Mapping[str, Any], *, custom: bool = False, f
     return data
 
 
-def _render(ctx, template):
-    from ..render import TEMPLATES
+def _render(ctx, template, assets=None):
+    from ..render import default_letters
 
+    root = (assets if assets is not None else default_letters()).dir
     if template is None:
-        main = TEMPLATES / ("p2p.typ" if ctx.get("kind") == "p2p" else "letter.typ")
+        main = root / ("p2p.typ" if ctx.get("kind") == "p2p" else "letter.typ")
         return compile_typst(main, ctx)
-    return compile_typst(Path(template), ctx, custom=True, fonts=TEMPLATES / "fonts")
+    return compile_typst(Path(template), ctx, custom=True, fonts=root / "fonts")
 
 
 register(Format("pdf", ".pdf", _render, template_suffixes=(".typ",)))
