@@ -313,9 +313,29 @@ def _walk(result, ancestors: tuple = ()):
 _ISO_IN_TEXT = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 
 
+_PLAIN = [
+    (re.compile(r"\s*\((\d+) of \1 needed\)"), ""),                       # "(1 of 1 needed)": says nothing
+    (re.compile(r"\((\d+) of (\d+) needed\)"), r"(\1 of the \2 the policy requires)"),
+    (re.compile(r"\b1 finding\(s\)"), "1 finding"),
+    (re.compile(r"\bfinding\(s\)"), "findings"),
+    (re.compile(r"\bof an accepted kind\b"), "of a kind the policy accepts"),
+    (re.compile(r"\bemg\b"), "EMG"),
+    (re.compile(r"\bmri\b"), "MRI"),
+    (re.compile(r"\b(\d+)\.0\b(?!\.\d)"), r"\1"),                         # "every 4.0 weeks", "2.0 g/kg"
+    (re.compile(r"\b(\d{1,3})(\d{3})\b(?= ?(?:mg|U/L|g)\b)"), r"\1,\2"),   # "1000 mg" -> "1,000 mg"
+]
+
+
+def plain(text: str) -> str:
+    """The engine's sentences as a person writes them (no "(1 of 1 needed)", "4.0 weeks", "emg")."""
+    for pattern, repl in _PLAIN:
+        text = pattern.sub(repl, text)
+    return text
+
+
 def us_dates(text: Optional[str]) -> Optional[str]:
-    """The determination's sentences say 2025-02-01; the letter says 02/01/2025 throughout."""
-    return _ISO_IN_TEXT.sub(r"\2/\3/\1", text) if text else text
+    """The determination's sentences say 2025-02-01; the letter says 02/01/2025 throughout, in plain words."""
+    return plain(_ISO_IN_TEXT.sub(r"\2/\3/\1", text)) if text else text
 
 
 def _reason_and_evidence(reason: str, evidence: list[str]) -> dict:
