@@ -323,6 +323,7 @@ _PLAIN = [
     (re.compile(r"\bmri\b"), "MRI"),
     (re.compile(r"\b(\d+)\.0\b(?!\.\d)"), r"\1"),                         # "every 4.0 weeks", "2.0 g/kg"
     (re.compile(r"\b(\d{1,3})(\d{3})\b(?= ?(?:mg|U/L|g)\b)"), r"\1,\2"),   # "1000 mg" -> "1,000 mg"
+    (re.compile(r"\((mg|U/L)\) (\d{1,3})(\d{3})\b"), r"(\1) \2,\3"),        # "dose (mg) 1000 within"
 ]
 
 
