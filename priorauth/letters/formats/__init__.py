@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import import_module
-from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Callable
 
 Renderer = Callable[..., bytes]
 
