@@ -56,7 +56,9 @@ def compile_typst(main: Path, ctx: Mapping[str, Any], *, custom: bool = False, f
         raise (InputError if custom else PriorAuthError)(f"{main}: template not found")
     inputs = {"ctx": _json(ctx), **(extra or {})}
     try:
-        data = compiler(main, fonts).compile(sys_inputs=inputs, timestamp=timestamp(ctx.get("letter_date_iso")))
+        # pdf_tags=False: an untagged PDF compiles ~3.5x faster (28 -> 8 ms a letter); a fax needs no tags
+        data = compiler(main, fonts).compile(sys_inputs=inputs, timestamp=timestamp(ctx.get("letter_date_iso")),
+                                             pdf_tags=False)
     except typst.TypstError as exc:
         first = (getattr(exc, "message", None) or str(exc)).splitlines()[0][:200]
         raise (InputError if custom else PriorAuthError)(f"{main}: Typst could not compile the template: {first}") from None
