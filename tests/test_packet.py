@@ -4,17 +4,14 @@ attachments; a bad attachment is a usage error naming the file; no office suite 
 from __future__ import annotations
 
 import io
-import re
 import shutil
 import stat
 
 import pytest
-import yaml
 from click.testing import CliRunner
 
 from priorauth.cli.packet import packet
-from priorauth.core.errors import InputError
-from tests.test_letters import DENIAL, DM, decide, dm_data, flat, render, rituximab_data, write_yaml
+from tests.test_letters import DENIAL, DM, decide, dm_data, flat, render, write_yaml
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -135,3 +132,18 @@ def test_cli_packet_needs_pdf_name_and_denial_for_appeal(tmp_path):
     assert run(DM, "-o", tmp_path / "p.docx").exit_code == 2
     result = run(DM, "-o", tmp_path / "p.pdf", "--kind", "appeal")
     assert result.exit_code == 2 and "denial" in result.output
+
+
+def test_cli_packet_takes_a_templates_folder(tmp_path):
+    alt = tmp_path / "templates"
+    shutil.copytree(render.TEMPLATES, alt)
+    text = (alt / "letter-text.yaml").read_text(encoding="utf-8")
+    (alt / "letter-text.yaml").write_text(text.replace("Dear Medical Director:", "Dear Reviewer:"), encoding="utf-8")
+    out = tmp_path / "p.pdf"
+    assert run(DM, "-o", out, "--templates", alt).exit_code == 0
+    assert "Dear Reviewer:" in " ".join(page_texts(out.read_bytes()))
+    other = tmp_path / "other"
+    shutil.copytree(alt, other)
+    (other / "packet.typ").unlink()
+    result = run(DM, "-o", tmp_path / "q.pdf", "--templates", other)
+    assert result.exit_code == 2 and "packet.typ" in result.output

@@ -7,17 +7,13 @@ line: every significant paragraph of the DOCX is in the PDF.
 from __future__ import annotations
 
 import io
-import os
 import re
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 
-from priorauth.cli.main import cli
 from tests.test_letters import (DENIAL, DM, continuation_data, decide, dm_data, docx_text, flat, html_parse,
-                                pdf_text, render, rituximab_data, run, weird_data, write_yaml)
+                                pdf_text, render, rituximab_data, run, weird_data)
 
 pypdf = pytest.importorskip("pypdf")
 
