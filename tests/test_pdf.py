@@ -178,3 +178,13 @@ def test_cli_p2p_is_pdf_only(tmp_path):
     assert len(pypdf.PdfReader(out).pages) == 1
     bad = run(DM, "-o", tmp_path / "p2p.docx", "--kind", "p2p")
     assert bad.exit_code == 2 and "PDF" in bad.output
+
+
+def test_format_registry_complete_whichever_module_loads_first():
+    import subprocess
+    import sys
+
+    code = ("import priorauth.letters.formats.pdf\nfrom priorauth.letters import formats\n"
+            "print(','.join(formats.get(n).name for n in ('docx', 'pdf', 'html', 'md')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "docx,pdf,html,md"

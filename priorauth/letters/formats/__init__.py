@@ -33,10 +33,17 @@ def register(fmt: Format) -> Format:
     return fmt
 
 
-def get(name: str) -> Format:
-    if not REGISTRY:
-        for mod in _MODULES:
+def _load() -> None:
+    """Import every format module (each registers itself); a module imported on its own
+    (formats.pdf, by the packet) must not hide the others."""
+    for mod in _MODULES:
+        if mod not in REGISTRY:
             import_module(f"{__name__}.{mod}")
+
+
+def get(name: str) -> Format:
+    if name not in REGISTRY:
+        _load()
     return REGISTRY[name]
 
 
