@@ -1,0 +1,417 @@
+"""The letter model: everything a letter says, as a plain JSON-able dict built from the
+referral and what its determination decided (nothing re-derived)."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import OrderedDict
+from datetime import date as Date
+from typing import Any, Mapping, Optional
+
+
+from ..core.errors import InputError
+
+from .denial import parse_denial
+from .wording import _clean_context, _rows, _say, lcfirst, long_date, num, us_date, wording
+
+KINDS = ("initial", "continuation", "appeal")
+MET = "met"
+MAX_CHART_MEASURES = 6
+
+
+# ------------------------------------------------------------------ the context
+
+
+def _walk(result, ancestors: tuple = ()):
+    yield result, ancestors
+    for child in result.children:
+        yield from _walk(child, ancestors + (result,))
+
+
+_ISO_IN_TEXT = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
+
+
+_PLAIN = [
+    (re.compile(r"\s*\((\d+) of \1 needed\)"), ""),                       # "(1 of 1 needed)": says nothing
+    (re.compile(r"\((\d+) of (\d+) needed\)"), r"(\1 of the \2 the policy requires)"),
+    (re.compile(r"\b1 finding\(s\)"), "1 finding"),
+    (re.compile(r"\bfinding\(s\)"), "findings"),
+    (re.compile(r"\bof an accepted kind\b"), "of a kind the policy accepts"),
+    (re.compile(r"\bemg\b"), "EMG"),
+    (re.compile(r"\bmri\b"), "MRI"),
+    (re.compile(r"\b(\d+)\.0\b(?!\.\d)"), r"\1"),                         # "every 4.0 weeks", "2.0 g/kg"
+    (re.compile(r"\b(\d{1,3})(\d{3})\b(?= ?(?:mg|U/L|g)\b)"), r"\1,\2"),   # "1000 mg" -> "1,000 mg"
+    (re.compile(r"\((mg|U/L)\) (\d{1,3})(\d{3})\b"), r"(\1) \2,\3"),        # "dose (mg) 1000 within"
+]
+
+
+def plain(text: str) -> str:
+    """The engine's sentences as a person writes them (no "(1 of 1 needed)", "4.0 weeks", "emg")."""
+    for pattern, repl in _PLAIN:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def us_dates(text: Optional[str]) -> Optional[str]:
+    """The determination's sentences say 2025-02-01; the letter says 02/01/2025 throughout, in plain words."""
+    return plain(_ISO_IN_TEXT.sub(r"\2/\3/\1", text)) if text else text
+
+
+def _reason_and_evidence(reason: str, evidence: list[str]) -> dict:
+    """Say each thing once: evidence the reason already quotes is not repeated as a bullet,
+    and a reason that only lists several pieces of evidence keeps its lead-in, the bullets the rest."""
+    quoted = [e for e in evidence if e and e in reason]
+    if len(evidence) >= 2 and len(quoted) == len(evidence):
+        lead = reason[:min(reason.index(e) for e in evidence)].rstrip(" :;,")
+        if lead:
+            reason = lead
+            quoted = []
+    return {"reason": us_dates(reason), "evidence": [us_dates(e) for e in evidence if e not in quoted]}
+
+
+def _criterion(r, ancestors, policy) -> dict:
+    src = policy.sources.get(r.node.source) if policy and r.node.source else None
+    pathway = next((a.node for a in (*ancestors, r) if getattr(a.node, "pathway", False)), None)
+    return {
+        "id": r.node.id,
+        "label": r.node.label,
+        **_reason_and_evidence(r.reason, [e.summary for e in r.evidence]),
+        "citation": src.citation if src else None,
+        "url": src.url if src else None,
+        "pathway": pathway.label if pathway is not None else None,
+    }
+
+
+def _in_unmet_alternative(r, ancestors: tuple) -> bool:
+    """Is this node inside an alternative (child of any_of / at_least) that is not met as a whole?
+
+    A met leaf of an unmet pathway (a drug being taken, in a rapidly-progressive pathway whose
+    course is not rapidly progressive) proves nothing and is not shown as a criterion met.
+    """
+    chain = (*ancestors, r)
+    return any(not hasattr(parent.node, "all_of") and child.status != MET
+               for parent, child in zip(chain, chain[1:]))
+
+
+def _met_leaves(result, policy) -> list[dict]:
+    if result is None:
+        return []
+    return [_criterion(r, anc, policy) for r, anc in _walk(result)
+            if r.status == MET and not r.children and not _in_unmet_alternative(r, anc)]
+
+
+def _therapy_vocabulary(vocabulary):
+    return vocabulary if vocabulary is not None else _default_vocabulary()
+
+
+@functools.lru_cache(maxsize=1)
+def _default_vocabulary():
+    from ..criteria.policy import load_criteria
+
+    return load_criteria().vocabulary
+
+
+def _is_requested_therapy(t, referral, drug_class: str, vocabulary) -> bool:
+    from ..criteria.policy import name_key
+
+    if name_key(t.drug) == name_key(referral.request.product):
+        return True
+    generic = vocabulary.generic(t.drug) if vocabulary is not None else None
+    return bool(generic) and vocabulary.in_class(generic, drug_class, t.route)
+
+
+def _change(baseline: float, latest: float, better: Optional[str]) -> str:
+    if latest == baseline:
+        return "unchanged"
+    if better not in ("lower", "higher"):
+        return "changed"
+    return "improved" if (latest < baseline) == (better == "lower") else "worse"
+
+
+def _continuation(referral, words: dict, vocabulary, therapy_short: str) -> dict:
+    drug_class = words["therapy"][referral.request.therapy]["drug_class"]
+    courses = [t for t in referral.treatments if _is_requested_therapy(t, referral, drug_class, vocabulary)]
+    starts = [t.start_date for t in courses if t.start_date]
+    first = min(starts) if starts else None
+    groups: "OrderedDict[str, list]" = OrderedDict()
+    for a in referral.assessments:
+        groups.setdefault(a.measure, []).append(a)
+    measures, series, improved = [], [], []
+    for key, points in groups.items():
+        points = sorted(points, key=lambda a: a.date)
+        meta = words.get("measures", {}).get(key) or {}
+        label = meta.get("label") or key.replace("_", " ")
+        unit = next((p.unit for p in reversed(points) if p.unit), None) or ""
+        if first is not None:
+            before = [p for p in points if p.date <= first]
+            baseline = before[-1] if before else None
+        else:
+            baseline = points[0]
+        latest = points[-1] if points[-1] is not baseline else None
+        row = {"key": key, "label": label, "unit": unit,
+               "baseline": num(baseline.value) if baseline else None,
+               "baseline_date": us_date(baseline.date) if baseline else None,
+               "latest": num(latest.value) if latest else None,
+               "latest_date": us_date(latest.date) if latest else None,
+               "change": None, "change_percent": None, "verdict": None}
+        if baseline and latest:
+            delta = latest.value - baseline.value
+            verdict = _change(baseline.value, latest.value, meta.get("better"))
+            row["change"] = ("+" if delta > 0 else "") + num(delta)
+            if baseline.value:
+                row["change_percent"] = f"{'+' if delta > 0 else ''}{round(100 * delta / abs(baseline.value))}%"
+            row["verdict"] = words.get("change", {}).get(verdict, verdict)
+            if verdict == "improved":
+                u = f" {unit}" if unit else ""
+                improved.append(f"{lcfirst(label)} from {num(baseline.value)}{u} to {num(latest.value)}{u}")
+        measures.append(row)
+        if len(points) >= 3:  # two points are a change, not a trend: the table says it
+            series.append({"key": key, "label": label, "unit": unit,
+                           "points": [[p.date.isoformat(), p.value, us_date(p.date), num(p.value)] for p in points]})
+    return {
+        "first_course": us_date(first),
+        "first_course_iso": first.isoformat() if first else None,
+        "has_baseline": first is not None,
+        "courses": [{"drug": t.drug, "dose": t.dose, "start_date": us_date(t.start_date),
+                     "end_date": us_date(t.end_date)} for t in courses],
+        "measures": measures,
+        "improved": improved,
+        "series": series[:MAX_CHART_MEASURES],
+        "therapy_short": therapy_short,
+    }
+
+
+def _appeal(denial: dict, det, policy) -> dict:
+    result = det.result
+    found = {r.node.id: (r, anc) for r, anc in _walk(result)} if result is not None else {}
+    points = []
+    for i, cid in enumerate(denial["criteria"]):
+        if cid not in found:
+            known = ", ".join(found) or "none: no policy applies"
+            raise InputError(f"denial criteria[{i}]: {cid!r} is not a criterion of the policy "
+                             f"(its criteria: {known})")
+        r, anc = found[cid]
+        point = _criterion(r, anc, policy)
+        if r.status == MET:
+            point["answer"] = "appeal_met"
+            point["support"] = _met_leaves(r, policy) if r.children else [dict(point)]
+        else:
+            alt = next((a for a in reversed(anc) if hasattr(a.node, "any_of") and a.status == MET), None)
+            if alt is not None:
+                point["answer"] = "appeal_alternative"
+                point["support"] = _met_leaves(alt, policy)
+            else:
+                point["answer"] = "appeal_open"
+                point["support"] = [dict(point)]
+        points.append(point)
+    if not denial["criteria"]:
+        # The denial names no criterion: answer with every criterion the record meets.
+        for item in _met_leaves(result, policy):
+            points.append({**item, "answer": "appeal_met", "support": [dict(item)]})
+    return {**denial, "date_iso": denial["date"],
+            "date": us_date(Date.fromisoformat(denial["date"])) if denial["date"] else None,
+            "points": points}
+
+
+def letter_context(referral, determination, kind: str = "initial", draft: bool = False,
+                   denial: Optional[Mapping[str, Any]] = None, *, vocabulary=None, words: Optional[dict] = None) -> dict:
+    """Everything a letter says, as a plain JSON-able dict (strings, numbers, lists, dicts).
+
+    `denial` (appeals): {reason, date?, reference?, criteria?: [criterion ids]}.
+    `vocabulary` (criteria's drug vocabulary) finds earlier courses of the requested therapy
+    for a continuation letter; by default the bundled criteria's.
+    """
+    if kind not in KINDS:
+        raise InputError(f"letter kind {kind!r}: expected one of {', '.join(KINDS)}")
+    det, ref = determination, referral
+    if kind == "appeal" and not denial:
+        raise InputError("an appeal letter needs the denial: --denial FILE, or --denial-reason")
+    words = words if words is not None else wording()
+    req, pat, cov, pres = ref.request, ref.patient, ref.coverage, ref.prescriber
+    policy = det.policy
+    d = det.dosing or {}
+    therapy = words["therapy"][req.therapy]
+
+    def weeks(t) -> Optional[str]:
+        if not t.start_date:
+            return None
+        return num(round(((t.end_date or ref.date) - t.start_date).days / 7, 1))
+
+    ig = req.therapy != "rituximab"
+    cycles, grams, units = req.cycles, d.get("grams_per_cycle"), d.get("billing_units_per_cycle")
+    doses, units_dose = req.doses, d.get("billing_units_per_dose")
+    request = {
+        "therapy": req.therapy,
+        "therapy_name": therapy["name"],
+        "therapy_short": therapy["short"],
+        "is_rituximab": not ig,
+        "product": d.get("product") or req.product,
+        "hcpcs": d.get("hcpcs"),
+        # The determination's dosing names the unit for IVIG; for rituximab the wording file does.
+        "billing_unit": d.get("billing_unit") or (therapy.get("billing_unit") if d.get("hcpcs") else None),
+        "request_type": req.request_type,
+        "dose_g_per_kg": num(req.dose_g_per_kg),
+        "dosing_weight_kg": num(d.get("dosing_weight_kg")),
+        "weight_basis": d.get("weight_basis"),
+        "bmi": num(d.get("bmi")),
+        "ideal_body_weight_kg": num(d.get("ideal_body_weight_kg")),
+        "actual_weight_kg": num(pat.weight_kg),
+        "grams_per_cycle": num(grams),
+        "grams_per_day": num(d.get("grams_per_day")),
+        "billing_units_per_cycle": num(units),
+        "days_per_cycle": num(req.days_per_cycle),
+        "interval_weeks": num(req.interval_weeks),
+        "cycles": num(cycles),
+        "total_grams": num(round(grams * cycles, 1)) if grams and cycles else None,
+        "total_units": (num(units * cycles) if ig and units and cycles
+                        else num(units_dose * doses) if units_dose and doses else None),
+        "dose_mg": num(req.dose_mg),
+        "doses": num(doses),
+        "billing_units_per_dose": num(units_dose),
+        "total_mg": num(req.dose_mg * doses) if req.dose_mg and doses else None,
+        "site_of_care": words["site_of_care"].get(req.site_of_care, req.site_of_care) if req.site_of_care else None,
+        "start_date": us_date(req.start_date),
+    }
+    covered = next((r for r, _ in _walk(det.result) if r.node.id == "diagnosis_covered"), None) if det.result else None
+    idx = next((e.index for e in covered.evidence if e.kind == "diagnosis"), 0) if covered and covered.evidence else 0
+    primary = ref.diagnoses[idx if idx is not None and idx < len(ref.diagnoses) else 0]
+    finding_words = words["findings"]
+    ctx: dict[str, Any] = {
+        "kind": kind,
+        "draft": bool(draft),
+        "ready": det.determination == "meets_criteria",
+        "determination": det.determination,
+        "referral_id": ref.referral_id,
+        "missing": [us_dates(m) for m in det.missing],
+        "reasons": [us_dates(r) for r in det.reasons()],
+        "warnings": list(det.warnings),
+        "safety": [dict(s) for s in getattr(det, "safety", None) or []],
+        "letter_date": long_date(ref.date),
+        "letter_date_iso": ref.date.isoformat(),
+        "patient": {
+            "name": f"{pat.given_name} {pat.family_name}",
+            "given_name": pat.given_name,
+            "family_name": pat.family_name,
+            "birth_date": us_date(pat.birth_date),
+            "birth_date_iso": pat.birth_date.isoformat(),
+            "age": ref.date.year - pat.birth_date.year
+                   - ((ref.date.month, ref.date.day) < (pat.birth_date.month, pat.birth_date.day)),
+            "sex": pat.sex,
+            "weight_kg": num(pat.weight_kg),
+            "height_cm": num(pat.height_cm),
+        },
+        "prescriber": {
+            "name": pres.name, "npi": pres.npi,
+            "specialty": pres.specialty[:1].upper() + pres.specialty[1:] if pres.specialty else None,
+            "organization": pres.organization, "phone": pres.phone, "fax": pres.fax, "address": pres.address,
+        },
+        "payer": {"key": cov.payer, "name": cov.plan_name or cov.payer.replace("-", " ").replace("_", " ").title(),
+                  "plan_name": cov.plan_name, "member_id": cov.member_id, "group_number": cov.group_number},
+        "request": request,
+        "diagnoses": [{"code": dx.code, "description": dx.description, "onset_date": us_date(dx.onset_date)}
+                      for dx in ref.diagnoses],
+        "primary_diagnosis": {"code": primary.code, "description": primary.description,
+                              "text": f"{primary.description} ({primary.code})" if primary.description else primary.code},
+        "confirmation": [{"kind": f.kind, "label": finding_words.get(f.kind, {}).get("label", f.kind),
+                          "date": us_date(f.date), "result": f.result}
+                         for f in ref.findings if f.supports_diagnosis],
+        "treatments": [{"drug": t.drug, "route": words["route"].get(t.route, t.route) if t.route else None,
+                        "dose": t.dose, "start_date": us_date(t.start_date),
+                        "end_date": us_date(t.end_date) if t.end_date else ("ongoing" if t.start_date else None),
+                        "weeks": weeks(t),
+                        "outcome": words["outcome"].get(t.outcome, t.outcome) if t.outcome else None,
+                        "details": t.details} for t in ref.treatments],
+        "contraindications": [{"what": c.drug or (c.drug_class or "").replace("_", " "), "reason": c.reason,
+                               "date": us_date(c.documented_date)} for c in ref.contraindications],
+        "policy": {"found": policy is not None,
+                   "id": policy.id if policy else None, "title": policy.title if policy else None,
+                   "version": policy.version if policy else None, "payer": policy.payer if policy else None,
+                   "effective": us_date(policy.effective) if policy else None},
+        "pathways": [{"id": r.node.id, "label": r.node.label}
+                     for r, _ in (_walk(det.result) if det.result else ())
+                     if getattr(r.node, "pathway", False) and r.status == MET],
+        "criteria": _met_leaves(det.result, policy),
+        "met_ids": [r.node.id for r, _ in (_walk(det.result) if det.result else ()) if r.status == MET],
+        "literature": [{"citation": policy.sources[k].citation, "url": policy.sources[k].url}
+                       for k in (policy.literature if policy else []) if k in policy.sources],
+        "labs": {},
+        "authorization": None,
+        "continuation": None,
+        "appeal": None,
+        "chart": None,
+        "dosing": dict(det.dosing) if det.dosing else None,
+    }
+    latest: dict[str, Any] = {}
+    for a in sorted(ref.assessments, key=lambda a: a.date):
+        latest[a.measure] = f"{num(a.value)}{' ' + a.unit if a.unit else ''} on {us_date(a.date)}"
+    ctx["labs"] = latest
+    auth = det.authorization()
+    if isinstance(auth, dict):
+        ctx["authorization"] = {
+            k: (us_date(Date.fromisoformat(v)) if isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) else v)
+            for k, v in auth.items()}
+        ctx["authorization"].setdefault("months", None)
+    if kind == "continuation":
+        ctx["continuation"] = _continuation(ref, words, _therapy_vocabulary(vocabulary), therapy["short"])
+    if kind == "appeal":
+        denial = parse_denial(dict(denial), "denial")
+        if denial["date"] and Date.fromisoformat(denial["date"]) > ref.date:
+            raise InputError("denial date: after the referral date, which dates the letter; "
+                             "update the referral's date to the day of the appeal")
+        ctx["appeal"] = _appeal(denial, det, policy)
+
+    # Wording, in stages: later snippets use what earlier ones produced.
+    request["weight_basis_text"] = _say(words["weight_basis"].get(request["weight_basis"] or "", ""), ctx)
+    request["summary"] = _say(words["request_summary"][req.therapy], ctx)
+    request["rows"] = _rows(words["request_rows"][req.therapy], ctx)
+    ctx["re_rows"] = _rows(words["re_rows"], ctx)
+    ctx["letterhead"] = {"name": pres.organization or pres.name,
+                         "lines": [t for t in (_say(s, ctx) for s in words["letterhead"]) if t]}
+    ctx["recipient"] = [t for t in (_say(s, ctx) for s in words["recipient"]) if t]
+    code = primary.code
+    measures_by_code = words["response_measures_by_code"]
+    ctx["monitoring_measures"] = measures_by_code[max((p for p in measures_by_code if code.startswith(p)), key=len)]
+    extra = words.get("monitoring_by_code", {}).get(req.therapy, {})
+    ctx["monitoring"] = [_say(s, ctx) for s in words["monitoring"][req.therapy]
+                         + [item for prefix, items in extra.items() if code.startswith(prefix) for item in items]]
+    para = words["paragraphs"]
+    ctx["text"] = {
+        "title": _say(words["title"][kind], ctx),
+        "subject": _say(words["subject"][kind], ctx),
+        "salutation": _say(words["salutation"], ctx),
+        "opening": _say(para["opening"][kind], ctx),
+        "closing": _say(para["closing"][kind], ctx),
+        **{k: _say(para[k], ctx) for k in ("criteria_intro", "literature_intro", "attestation",
+                                            "draft_banner", "draft_notice", "chart_caption", "chart_omitted")},
+        "response_intro": _say(para["response_intro"], ctx) if kind == "continuation" else "",
+        "no_prior_course": _say(para["no_prior_course"], ctx) if kind == "continuation" else "",
+        "appeal_intro": _say(para["appeal_intro"], ctx) if kind == "appeal" else "",
+    }
+    if ctx["appeal"]:
+        for p in ctx["appeal"]["points"]:
+            p["answer"] = _say(para[p["answer"]], ctx)
+    ctx["enclosures"] = _enclosures(ref, ctx, words)
+    ctx["signature"] = {"name": pres.name, "specialty": ctx["prescriber"]["specialty"], "npi": pres.npi,
+                        "organization": pres.organization, "date": ctx["letter_date"]}
+    return _clean_context(ctx)
+
+
+def _enclosures(ref, ctx: dict, words: dict) -> list[str]:
+    enc = words["enclosures"]
+    out = [_say(enc["order"], ctx), _say(enc["clinic_note"], ctx)]
+    for f in ref.findings:
+        if f.supports_diagnosis:
+            name = words["findings"].get(f.kind, {}).get("enclosure", f.kind.replace("_", " "))
+            out.append(f"{name}{', ' + us_date(f.date) if f.date else ''}")
+    if ref.assessments:
+        labels = list(dict.fromkeys((words["measures"].get(a.measure) or {}).get("label") or a.measure
+                                    for a in ref.assessments))
+        out.append(_say(enc["assessments"], ctx, measures=labels))
+    if ref.treatments:
+        out.append(_say(enc["treatments"], ctx, drugs=list(dict.fromkeys(t.drug for t in ref.treatments))))
+    if ref.contraindications:
+        out.append(_say(enc["contraindications"], ctx, items=[c["what"] for c in ctx["contraindications"]]))
+    if ctx["kind"] in ("continuation", "appeal"):
+        out.append(_say(enc[ctx["kind"]], ctx))
+    return list(dict.fromkeys(t for t in out if t))

@@ -1,0 +1,51 @@
+"""The denial an appeal answers: checked from options or a YAML/JSON file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import InputError
+
+
+# ------------------------------------------------------------------ denial (appeals)
+
+
+def parse_denial(data: Any, source: str = "denial") -> dict:
+    """Check a denial (reason, date, reference, criteria) -> plain dict; InputError names the field."""
+    from ..core.codes import _iso_date
+
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: expected a mapping with reason, date, reference, criteria")
+    unknown = sorted(set(data) - {"reason", "date", "reference", "criteria"})
+    if unknown:
+        raise InputError(f"{source}: {unknown[0]}: unknown field (expected reason, date, reference, criteria)")
+    reason = data.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise InputError(f"{source}: reason: the denial reason is required (text)")
+    out: dict[str, Any] = {"reason": reason.strip(), "date": None, "reference": None, "criteria": []}
+    if data.get("date") is not None:
+        try:
+            when = _iso_date(data["date"])
+        except ValueError:
+            raise InputError(f"{source}: date: expected a date as YYYY-MM-DD") from None
+        out["date"] = when.isoformat()
+    if data.get("reference") is not None:
+        if not isinstance(data["reference"], (str, int)) or isinstance(data["reference"], bool):
+            raise InputError(f"{source}: reference: expected text")
+        out["reference"] = str(data["reference"]).strip() or None
+    crit = data.get("criteria") or []
+    if not isinstance(crit, list) or not all(isinstance(c, str) and c.strip() for c in crit):
+        raise InputError(f"{source}: criteria: expected a list of criterion ids")
+    out["criteria"] = [c.strip() for c in crit]
+    return out
+
+
+def load_denial(path: str | Path) -> dict:
+    """A denial from a YAML or JSON file (keys reason, date, reference, criteria)."""
+    from ..core.yamlio import parse_text, read_text
+
+    text = read_text(Path(path))
+    if not text.strip():
+        raise InputError(f"{path}: the file is empty")
+    return parse_denial(parse_text(text, str(path)), str(path))
