@@ -290,6 +290,23 @@ def fingerprint(criteria_root: Path, formats: tuple[str, ...]) -> str:
 # ------------------------------------------------------------------ letters
 
 
+BATCH_FORMATS = ("docx", "pdf", "html", "md", "packet")  # letters' formats, and the submission packet
+_EXTENSIONS = {"packet": "packet.pdf"}  # a format's file name ending, where it is not the format's name
+
+
+def file_extension(fmt: str) -> str:
+    return _EXTENSIONS.get(fmt, fmt)
+
+
+def format_of(name: str) -> Optional[str]:
+    """Which format a file in letters/ holds, by its name (`X.packet.pdf` is a packet, not a pdf)."""
+    for fmt, ext in _EXTENSIONS.items():
+        if name.endswith("." + ext):
+            return fmt
+    suffix = Path(name).suffix
+    return suffix[1:] if suffix else None
+
+
 class LetterMaker:
     """Letters for one batch: the DOCX template prepared once (docx_fast), other formats via render."""
 
@@ -300,7 +317,7 @@ class LetterMaker:
         self.formats = formats
         self.vocabulary = criteria.vocabulary
         self.fast = None
-        if "docx" in formats or "pdf" in formats:
+        if "docx" in formats:
             from ..letters.docx_fast import FastDocx
 
             self.fast = FastDocx(render.template_path("docx"), render.jinja_env("docx"), autoescape=True)
@@ -320,10 +337,8 @@ class LetterMaker:
         for fmt in self.formats:
             if fmt == "docx":
                 out[fmt] = docx
-            elif fmt == "pdf":
-                from ..letters.pdf import docx_to_pdf
-
-                out[fmt] = docx_to_pdf(docx, source_date=ctx.get("letter_date_iso"))
+            elif fmt == "packet":
+                out[fmt] = r.default_letters().packet(determination)
             else:
                 out[fmt] = r.render_context(ctx, fmt)
         return out
@@ -535,10 +550,10 @@ def _process_record(seq: int, source: str, data: bytes, h: bytes) -> tuple:
                "; ".join(d.get("reasons") or []) if det.determination == "not_eligible" else None]
         if det.determination == "meets_criteria" and w.letters is not None:
             for fmt, blob in w.letters.make(referral, det).items():
-                rel = f"letters/{referral.referral_id}.{fmt}"
+                rel = f"letters/{referral.referral_id}.{file_extension(fmt)}"
                 # A name no other process uses (pid, sequence) and O_EXCL, so no retry loop;
                 # created 0600 (the umask can only take bits away).
-                tmp = f"{w.letters_dir}/.{referral.referral_id}.{fmt}.{os.getpid()}-{seq}.tmp"
+                tmp = f"{w.letters_dir}/.{referral.referral_id}.{file_extension(fmt)}.{os.getpid()}-{seq}.tmp"
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
                 tmp_letters.append((rel, tmp, "", b""))  # listed at once: removed if anything fails
                 try:
@@ -1102,7 +1117,7 @@ def _finish(state: _State, letters_dir: Path, formats: tuple[str, ...] = (), for
     (or force), no record of this run claims it, and it is in a format this run writes:
     letters in other formats, links, and files priorauth did not write are left alone."""
     db = state.db
-    wanted = {f".{fmt}" for fmt in formats}
+    wanted = set(formats)
     with os.scandir(letters_dir) as it:
         for e in it:
             if e.name.startswith(".") and e.name.endswith(".tmp"):
@@ -1110,7 +1125,7 @@ def _finish(state: _State, letters_dir: Path, formats: tuple[str, ...] = (), for
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(e.path)
                 continue
-            if Path(e.name).suffix not in wanted or not e.is_file(follow_symlinks=False):
+            if format_of(e.name) not in wanted or not e.is_file(follow_symlinks=False):
                 continue  # a format not asked for this time, a link, a folder: not ours to remove
             rel = f"letters/{e.name}"
             if db.execute("SELECT 1 FROM run_letters WHERE path=?", (rel,)).fetchone() is not None:

@@ -50,7 +50,7 @@ class _Bar:
 
 
 def _formats(value: str, no_letters: bool) -> tuple[str, ...]:
-    from ..letters.render import FORMATS
+    from ..batch.run import BATCH_FORMATS as FORMATS
 
     if no_letters:
         return ()
