@@ -123,11 +123,17 @@ def denial_of(events: list[Event]) -> Optional[dict[str, Any]]:
 
 
 def letter(data: dict[str, Any], fmt: str, kind: Optional[str], events: list[Event]) -> bytes:
-    det = check(data)
     denial = denial_of(events) if kind == "appeal" else None
-    if kind == "appeal" and denial is None:
-        raise BadInput([{"loc": ["query", "kind"], "msg": "an appeal letter needs a denied event first"}])
-    return render_letter(det, fmt, kind=kind, denial=denial)
+    if kind == "appeal":
+        if denial is None:
+            raise BadInput([{"loc": ["query", "kind"], "msg": "an appeal letter needs a denied event first"}])
+        # the referral's date dates the letter: an appeal is written after the denial
+        if denial["date"] > data["date"]:
+            data = {**data, "date": denial["date"]}
+    try:
+        return render_letter(check(data), fmt, kind=kind, denial=denial)
+    except InputError as exc:
+        raise BadInput(input_errors(str(exc), data)) from None
 
 
 def case_json(case: Case, events: Optional[list[Event]] = None) -> dict[str, Any]:
