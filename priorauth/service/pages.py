@@ -128,7 +128,9 @@ def case_page(case_id: str, request: Request, user: Who = Depends(page_user("rea
     st.audit(user.name, "case.read", case.id)
     events = st.events(case.id)
     result = json.loads(case.result)
-    next_events = [e for e, (allowed_from, _) in TRANSITIONS.items() if case.status in allowed_from]
+    # the likeliest next steps first: infusions during an approval, closing last
+    next_events = sorted((e for e, (allowed_from, _) in TRANSITIONS.items() if case.status in allowed_from),
+                         key=lambda e: (e == "closed", e != "infusion_given"))
     return render(request, "case.html", case=case, result=result, events=events,
                   event_data=[json.loads(e.data) for e in events], tree=_tree(result.get("criteria") or []),
                   next_events=next_events, versions=st.referral_versions(case.id),
