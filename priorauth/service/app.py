@@ -111,3 +111,12 @@ def create_app(data: Optional[str | Path] = None, database: Optional[str] = None
                        same_site="lax", https_only=secure_cookies)
     app.add_middleware(Guard)
     return app
+
+
+def from_env() -> FastAPI:
+    """The app as `serve --workers N` starts it in each worker process (settings by environment)."""
+    import os
+
+    return create_app(os.environ.get("PRIORAUTH_SERVICE_DATA") or None,
+                      os.environ.get("PRIORAUTH_SERVICE_DATABASE") or None,
+                      secure_cookies=os.environ.get("PRIORAUTH_SERVICE_SECURE") == "1")

@@ -25,15 +25,25 @@ def _store(data: str, database: str | None):
 @_data
 @_database
 @click.option("--secure-cookies", is_flag=True, help="Mark the session cookie Secure (behind HTTPS).")
-def serve(host: str, port: int, data: str, database: str | None, secure_cookies: bool) -> None:
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Worker processes (one per core; they share the store safely).")
+def serve(host: str, port: int, data: str, database: str | None, secure_cookies: bool, workers: int) -> None:
     """Run the case service: web pages and the JSON API."""
+    import os
+
     import uvicorn
 
     from .app import create_app
 
-    app = create_app(data, database, secure_cookies=secure_cookies)
     # proxy_headers: behind a TLS proxy the client address and scheme come from X-Forwarded-*
-    uvicorn.run(app, host=host, port=port, proxy_headers=True, server_header=False)
+    options = dict(host=host, port=port, proxy_headers=True, server_header=False)
+    if workers == 1:
+        uvicorn.run(create_app(data, database, secure_cookies=secure_cookies), **options)
+        return
+    create_app(data, database).state.store.close()  # migrate once, before the workers start
+    os.environ.update(PRIORAUTH_SERVICE_DATA=data or "", PRIORAUTH_SERVICE_DATABASE=database or "",
+                      PRIORAUTH_SERVICE_SECURE="1" if secure_cookies else "0")
+    uvicorn.run("priorauth.service.app:from_env", factory=True, workers=workers, **options)
 
 
 @click.group("users")

@@ -51,7 +51,7 @@ class Case(Base):
     __tablename__ = "cases"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     referral_id: Mapped[str] = mapped_column(String(64))
-    patient: Mapped[str] = mapped_column(String(200))  # "Family, Given": shown on pages only
+    patient: Mapped[str] = mapped_column(String(200), index=True)  # "Family, Given": pages only
     payer: Mapped[str] = mapped_column(String(64), index=True)
     therapy: Mapped[str] = mapped_column(String(16))
     request_type: Mapped[str] = mapped_column(String(16))
@@ -69,6 +69,9 @@ class Case(Base):
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
+    # the worklist filters by status and sorts by last change or renewal date
+    __table_args__ = (Index("ix_cases_status_updated", "status", "updated_at"),
+                      Index("ix_cases_status_due", "status", "reauthorization_due"))
 
 
 class ReferralVersion(Base):

@@ -20,7 +20,8 @@ from .workflow import EventError, STATUSES, TRANSITIONS, parse_event
 
 router = APIRouter()
 _env = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
-                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True)
+                   autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True,
+                   auto_reload=False)  # templates ship with the package: no stat() per page
 PAGE_SIZE = 50
 MAX_FILES = 200
 
@@ -109,7 +110,8 @@ def worklist(request: Request, status: str = "", payer: str = "", due_before: st
     due = _date_or_none(due_before)
     page = max(page, 1)
     cases, total = st.list_cases(status=status or None, payer=payer or None, due_before=due, sort=sort,
-                                 descending=order != "asc", limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE)
+                                 descending=order != "asc", limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE,
+                                 with_result=False)
     st.audit(user.name, "worklist.read")
     rows = [(c, json.loads(c.missing)) for c in cases]
     query = {"status": status, "payer": payer, "due_before": due_before, "sort": sort, "order": order}
@@ -209,7 +211,7 @@ async def upload(request: Request, form: FormData = Depends(csrf_form), user: Wh
     good, results = [], []
     for n, f in enumerate(files, 1):
         raw = await f.read()
-        label = f"file {n}"  # not the file name: it may name the patient
+        label = (f.filename or f"file {n}")[:200]  # on this page only, never in a URL or a log
         ctype = "application/yaml" if (f.filename or "").lower().endswith((".yaml", ".yml")) else "application/json"
         try:
             data, det = referrals.evaluate_body(raw, ctype)

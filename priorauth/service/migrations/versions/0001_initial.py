@@ -29,7 +29,7 @@ def upgrade() -> None:
                     sa.Column("created_at", sa.DateTime, nullable=False))
     op.create_table("cases", sa.Column("id", sa.String(32), primary_key=True),
                     sa.Column("referral_id", sa.String(64), nullable=False),
-                    sa.Column("patient", sa.String(200), nullable=False),
+                    sa.Column("patient", sa.String(200), nullable=False, index=True),
                     sa.Column("payer", sa.String(64), nullable=False, index=True),
                     sa.Column("therapy", sa.String(16), nullable=False),
                     sa.Column("request_type", sa.String(16), nullable=False),
@@ -47,6 +47,8 @@ def upgrade() -> None:
                     sa.Column("version", sa.Integer, nullable=False),
                     sa.Column("created_at", sa.DateTime, nullable=False),
                     sa.Column("updated_at", sa.DateTime, nullable=False, index=True))
+    op.create_index("ix_cases_status_updated", "cases", ["status", "updated_at"])
+    op.create_index("ix_cases_status_due", "cases", ["status", "reauthorization_due"])
     op.create_table("referral_versions", sa.Column("id", sa.Integer, primary_key=True),
                     sa.Column("case_id", sa.String(32), sa.ForeignKey("cases.id", ondelete="CASCADE"),
                               nullable=False),
