@@ -27,13 +27,25 @@ def _store(data: str, database: str | None):
 @click.option("--secure-cookies", is_flag=True, help="Mark the session cookie Secure (behind HTTPS).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (one per core; they share the store safely).")
-def serve(host: str, port: int, data: str, database: str | None, secure_cookies: bool, workers: int) -> None:
+@click.option("--load", "load_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="On a store with no cases yet, add every referral file of this folder as a case.")
+def serve(host: str, port: int, data: str, database: str | None, secure_cookies: bool, workers: int,
+          load_dir: str | None) -> None:
     """Run the case service: web pages and the JSON API."""
     import os
 
     import uvicorn
 
     from .app import create_app
+
+    if load_dir:
+        store = _store(data, database)
+        try:
+            added, bad = load_folder(store, load_dir)
+        finally:
+            store.close()
+        click.echo(f"loaded {added} case(s) from {load_dir}" + (f", {bad} file(s) not valid" if bad else ""),
+                   err=True)
 
     # proxy_headers: behind a TLS proxy the client address and scheme come from X-Forwarded-*
     options = dict(host=host, port=port, proxy_headers=True, server_header=False)
@@ -44,6 +56,30 @@ def serve(host: str, port: int, data: str, database: str | None, secure_cookies:
     os.environ.update(PRIORAUTH_SERVICE_DATA=data or "", PRIORAUTH_SERVICE_DATABASE=database or "",
                       PRIORAUTH_SERVICE_SECURE="1" if secure_cookies else "0")
     uvicorn.run("priorauth.service.app:from_env", factory=True, workers=workers, **options)
+
+
+def load_folder(store, folder: str) -> tuple[int, int]:  # noqa: ANN001
+    """(cases added, files not valid) from the referral files of `folder`, if the store has no cases."""
+    from pathlib import Path
+
+    from .referrals import BadInput, evaluate_body
+
+    if store.list_cases(limit=1, with_result=False)[1]:
+        return 0, 0
+    pairs, bad = [], 0
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix.lower() not in (".yaml", ".yml", ".json") or not path.is_file():
+            continue
+        ctype = "application/json" if path.suffix.lower() == ".json" else "application/yaml"
+        try:
+            data, det = evaluate_body(path.read_bytes(), ctype)
+        except (BadInput, UnicodeDecodeError):
+            bad += 1
+            continue
+        pairs.append((data, det.to_dict()))
+    if pairs:
+        store.add_cases(pairs, "serve --load")
+    return len(pairs), bad
 
 
 @click.group("users")

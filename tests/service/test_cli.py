@@ -30,3 +30,16 @@ def test_users_add_and_token(tmp_path) -> None:
 def test_serve_help() -> None:
     r = CliRunner().invoke(serve, ["--help"])
     assert r.exit_code == 0 and "--database" in r.output and "--secure-cookies" in r.output
+
+
+def test_load_folder_once(tmp_path) -> None:
+    from priorauth.service.cli import load_folder
+    from priorauth.service.store import Store
+
+    from .conftest import DATA
+
+    store = Store.open(tmp_path / "d")
+    assert load_folder(store, str(DATA)) == (4, 0)
+    assert load_folder(store, str(DATA)) == (0, 0)  # a restart does not add them again
+    assert store.list_cases()[1] == 4
+    store.close()
