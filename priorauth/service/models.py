@@ -51,11 +51,11 @@ class Case(Base):
     __tablename__ = "cases"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     referral_id: Mapped[str] = mapped_column(String(64))
-    patient: Mapped[str] = mapped_column(String(200), index=True)  # "Family, Given": pages only
-    payer: Mapped[str] = mapped_column(String(64), index=True)
+    patient: Mapped[str] = mapped_column(String(200))  # "Family, Given": shown on pages only
+    payer: Mapped[str] = mapped_column(String(64))
     therapy: Mapped[str] = mapped_column(String(16))
     request_type: Mapped[str] = mapped_column(String(16))
-    status: Mapped[str] = mapped_column(String(24), index=True)
+    status: Mapped[str] = mapped_column(String(24))
     determination: Mapped[str] = mapped_column(String(24))
     missing: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of what to document
     result: Mapped[str] = mapped_column(Text)  # the determination JSON (spec section 3)
@@ -64,14 +64,16 @@ class Case(Base):
     approved_units: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
     auth_start: Mapped[Optional[dt.date]] = mapped_column(Date, nullable=True)
     auth_end: Mapped[Optional[dt.date]] = mapped_column(Date, nullable=True)
-    reauthorization_due: Mapped[Optional[dt.date]] = mapped_column(Date, nullable=True, index=True)
+    reauthorization_due: Mapped[Optional[dt.date]] = mapped_column(Date, nullable=True)
     units_given: Mapped[int] = mapped_column(Integer, default=0)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow, index=True)
-    # the worklist filters by status and sorts by last change or renewal date
-    __table_args__ = (Index("ix_cases_status_updated", "status", "updated_at"),
-                      Index("ix_cases_status_due", "status", "reauthorization_due"))
+    updated_at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    # the worklist sorts by one column with the id as tie-break (stable pages), over all cases
+    # or one status: an index per order lets a page read 50 rows instead of sorting them all
+    __table_args__ = tuple(Index(f"ix_cases_{'_'.join(cols)}", *cols, "id") for cols in (
+        ("updated_at",), ("reauthorization_due",), ("patient",), ("payer",), ("status",),
+        ("status", "updated_at"), ("status", "reauthorization_due"), ("status", "patient")))
 
 
 class ReferralVersion(Base):

@@ -250,10 +250,10 @@ class Store:
         column = {"updated": Case.updated_at, "status": Case.status, "payer": Case.payer,
                   "due": Case.reauthorization_due, "patient": Case.patient,
                   "referral": Case.referral_id}.get(sort, Case.updated_at)
-        order = column.desc() if descending else column.asc()
+        order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
         with self.session() as s:
             total = s.scalar(select(func.count(Case.id)).where(*conditions))
-            q = q.order_by(order, Case.id).offset(offset)
+            q = q.order_by(*order).offset(offset)
             if limit is not None:
                 q = q.limit(limit)
             return list(s.scalars(q)), total or 0

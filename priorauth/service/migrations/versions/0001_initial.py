@@ -29,11 +29,11 @@ def upgrade() -> None:
                     sa.Column("created_at", sa.DateTime, nullable=False))
     op.create_table("cases", sa.Column("id", sa.String(32), primary_key=True),
                     sa.Column("referral_id", sa.String(64), nullable=False),
-                    sa.Column("patient", sa.String(200), nullable=False, index=True),
-                    sa.Column("payer", sa.String(64), nullable=False, index=True),
+                    sa.Column("patient", sa.String(200), nullable=False),
+                    sa.Column("payer", sa.String(64), nullable=False),
                     sa.Column("therapy", sa.String(16), nullable=False),
                     sa.Column("request_type", sa.String(16), nullable=False),
-                    sa.Column("status", sa.String(24), nullable=False, index=True),
+                    sa.Column("status", sa.String(24), nullable=False),
                     sa.Column("determination", sa.String(24), nullable=False),
                     sa.Column("missing", sa.Text, nullable=False),
                     sa.Column("result", sa.Text, nullable=False),
@@ -42,13 +42,14 @@ def upgrade() -> None:
                     sa.Column("approved_units", sa.Integer),
                     sa.Column("auth_start", sa.Date),
                     sa.Column("auth_end", sa.Date),
-                    sa.Column("reauthorization_due", sa.Date, index=True),
+                    sa.Column("reauthorization_due", sa.Date),
                     sa.Column("units_given", sa.Integer, nullable=False),
                     sa.Column("version", sa.Integer, nullable=False),
                     sa.Column("created_at", sa.DateTime, nullable=False),
-                    sa.Column("updated_at", sa.DateTime, nullable=False, index=True))
-    op.create_index("ix_cases_status_updated", "cases", ["status", "updated_at"])
-    op.create_index("ix_cases_status_due", "cases", ["status", "reauthorization_due"])
+                    sa.Column("updated_at", sa.DateTime, nullable=False))
+    for cols in (("updated_at",), ("reauthorization_due",), ("patient",), ("payer",), ("status",),
+                 ("status", "updated_at"), ("status", "reauthorization_due"), ("status", "patient")):
+        op.create_index(f"ix_cases_{'_'.join(cols)}", "cases", [*cols, "id"])
     op.create_table("referral_versions", sa.Column("id", sa.Integer, primary_key=True),
                     sa.Column("case_id", sa.String(32), sa.ForeignKey("cases.id", ondelete="CASCADE"),
                               nullable=False),
