@@ -30,6 +30,7 @@ SHOTS = Path(os.environ.get("PRIORAUTH_SCREENSHOTS", "/tmp/priorauth-screens"))
 def server(tmp_path_factory):
     app = create_app(tmp_path_factory.mktemp("browser") / "data")
     add_user(app.state.store, "billing", "billing")
+    add_user(app.state.store, "physician", "physician")
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -112,3 +113,19 @@ def test_billing_flow(server, page) -> None:
     path = info.value.path()
     assert Path(path).read_bytes()[:2] == b"PK"
     assert not [e for e in page.errors if "Content Security Policy" in e], page.errors
+
+
+def test_physician_checks_a_patient(server, page) -> None:
+    page.click("button:has-text('Sign out')")
+    page.wait_for_url("**/signin")
+    page.fill("#username", "physician")
+    page.fill("#password", PASSWORD)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url("**/check")
+    assert page.locator("nav >> text=Upload").count() == 0
+    page.fill("#referral", (DATA / "pm-undated-steroid-trial.yaml").read_text())
+    page.click("button:has-text('Check')")
+    page.wait_for_selector("h2#det")
+    assert "missing documentation" in page.inner_text("h2#det")
+    assert "start date of the prednisone trial" in page.inner_text("ul.missing")
+    page.screenshot(path=str(SHOTS / "6-check.png"), full_page=True)

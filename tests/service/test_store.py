@@ -90,3 +90,25 @@ def test_filters_counts_and_migrate_twice(store: Store) -> None:
     assert total == len(cases) >= 1 and all(c.status == "missing_documentation" for c in cases)
     migrate(store.engine)  # a second serve process starting: no-op, same secret
     assert store.setting("session_secret")
+
+
+def test_two_processes_share_one_store(store: Store) -> None:
+    """A second engine on the same database (as a second `serve` would open): its migration run
+    waits for or skips the first, and it sees and guards the same cases."""
+    from priorauth.service.store import make_engine
+
+    other = Store(make_engine(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        threads = [threading.Thread(target=migrate, args=(st.engine,)) for st in (store, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        case = store.add_cases([_pair()], "ann")[0]
+        assert other.get(case.id).status == "ready"
+        other.add_event(case.id, "submitted", D, {}, "bob", version=1)
+        with pytest.raises(Conflict):
+            store.add_event(case.id, "submitted", D, {}, "ann", version=1)
+        assert store.setting("session_secret") == other.setting("session_secret")
+    finally:
+        other.close()
