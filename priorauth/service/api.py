@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from . import referrals
 from .auth import allowed, bearer_user, session_user
-from .referrals import BadInput, LETTER_FORMATS, case_json
+from .referrals import BadInput, LETTER_FORMATS, case_json, case_summary
 from .store import Conflict, NotFound, Store, Who
 from .workflow import EventError, STATUSES, parse_event
 
@@ -78,10 +78,10 @@ def list_cases(request: Request, status: Optional[str] = None, payer: Optional[s
     if status and status not in STATUSES:
         return errors(422, [{"loc": ["query", "status"], "msg": "not a case status"}])
     st = store(request)
-    cases, _ = st.list_cases(status=status, payer=payer, due_before=due_before)
+    cases, _ = st.list_cases(status=status, payer=payer, due_before=due_before, with_result=False)
     st.audit(user.name, "cases.list")
-    return {"cases": [{**case_json(c), "determination": c.determination, "missing": json.loads(c.missing)}
-                      for c in cases]}
+    # a summary per case (the determination's value, not its JSON): GET the case for the rest
+    return {"cases": [case_summary(c) for c in cases]}
 
 
 @router.get("/cases/{case_id}")

@@ -136,17 +136,20 @@ def letter(data: dict[str, Any], fmt: str, kind: Optional[str], events: list[Eve
         raise BadInput(input_errors(str(exc), data)) from None
 
 
+def case_summary(case: Case) -> dict[str, Any]:
+    """A case in a list: its determination's value and what is missing, not the whole JSON."""
+    return {"case_id": case.id, "referral_id": case.referral_id, "status": case.status,
+            "version": case.version, "payer": case.payer, "request_type": case.request_type,
+            "determination": case.determination, "missing": json.loads(case.missing),
+            "authorization": {"number": case.auth_number, "approved_units": case.approved_units,
+                              "start_date": _iso(case.auth_start), "end_date": _iso(case.auth_end)},
+            "reauthorization_due": _iso(case.reauthorization_due),
+            "units_given": case.units_given, "referral_version": case.referral_version}
+
+
 def case_json(case: Case, events: Optional[list[Event]] = None) -> dict[str, Any]:
-    """The case as the API shows it (spec section 6)."""
-    out: dict[str, Any] = {
-        "case_id": case.id, "referral_id": case.referral_id, "status": case.status,
-        "version": case.version, "payer": case.payer, "request_type": case.request_type,
-        "determination": json.loads(case.result),
-        "authorization": {"number": case.auth_number, "approved_units": case.approved_units,
-                          "start_date": _iso(case.auth_start), "end_date": _iso(case.auth_end)},
-        "reauthorization_due": _iso(case.reauthorization_due),
-        "units_given": case.units_given, "referral_version": case.referral_version,
-    }
+    """The case as the API shows it (spec section 6): the determination JSON of section 3."""
+    out = {**case_summary(case), "determination": json.loads(case.result)}
     if events is not None:
         out["events"] = [{"type": e.type, "date": e.date.isoformat(), **json.loads(e.data),
                           "from_status": e.from_status, "to_status": e.to_status, "by": e.created_by,
