@@ -1,0 +1,361 @@
+"""The case store: engine set-up, migrations at start-up, and the few operations routes need.
+
+SQLite (a file under the data folder, WAL) by default, PostgreSQL by URL. Several processes on
+one PostgreSQL are safe: migrations run under an advisory lock, and every change of a case
+locks its row (`SELECT ... FOR UPDATE`) and checks its `version` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, defer, sessionmaker
+
+from .models import ApiToken, Audit, Case, Event, ReferralVersion, Setting, User, utcnow
+from .workflow import FROM_DETERMINATION, OPEN, PRE_SUBMISSION, TRANSITIONS, lead_days
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+_MIGRATION_LOCK = 0x5072696F  # any constant shared by every serve process
+ROLES = ("physician", "billing", "admin")
+
+
+class Conflict(Exception):
+    """The case changed since the caller read it, or the event does not fit its status (409)."""
+
+
+class NotFound(Exception):
+    pass
+
+
+def database_url(data: Optional[str | Path] = None, database: Optional[str] = None) -> str:
+    """The SQLAlchemy URL: `database` as given (postgresql:// means psycopg 3), else SQLite in `data`."""
+    if database:
+        if database.startswith("postgresql://") or database.startswith("postgres://"):
+            return "postgresql+psycopg://" + database.split("://", 1)[1]
+        return database
+    folder = Path(data or "priorauth-data")
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)
+    db = folder / "cases.sqlite3"
+    # create the file 0600 before SQLite does (its -wal and -shm files copy the db's mode)
+    os.close(os.open(db, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(db, 0o600)
+    return f"sqlite:///{db}"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30},
+                               pool_size=20, max_overflow=10)
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(conn, _record):  # noqa: ANN001 - DB-API connection
+            cur = conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        # pysqlite's own BEGIN handling defers the write lock; take it at BEGIN so two writers
+        # queue on busy_timeout instead of failing half-way (SQLAlchemy's documented recipe)
+        @event.listens_for(engine, "begin")
+        def _begin(conn):  # noqa: ANN001
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+        @event.listens_for(engine, "connect")
+        def _no_autobegin(dbapi_conn, _record):  # noqa: ANN001
+            dbapi_conn.isolation_level = None
+
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def migrate(engine: Engine) -> None:
+    """`alembic upgrade head`, one process at a time, then the shared settings."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect().execution_options(write=True) as conn:
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+            if conn.execute(select(Setting.value).where(Setting.key == "session_secret")).first() is None:
+                conn.execute(Setting.__table__.insert().values(key="session_secret",
+                                                               value=secrets.token_urlsafe(48)))
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass
+class Who:
+    id: int
+    name: str
+    role: str
+
+
+class Store:
+    """The operations the routes use; each is one transaction."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, data: Optional[str | Path] = None, database: Optional[str] = None) -> "Store":
+        engine = make_engine(database_url(data, database))
+        migrate(engine)
+        return cls(engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    # ----------------------------------------------------------------- settings, users, tokens
+
+    def setting(self, key: str) -> Optional[str]:
+        with self.session() as s:
+            return s.scalar(select(Setting.value).where(Setting.key == key))
+
+    def add_user(self, name: str, role: str, password_hash: str) -> Who:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        with self._begin() as s:
+            user = User(name=name, role=role, password_hash=password_hash, active=True)
+            s.add(user)
+            try:
+                s.flush()
+            except IntegrityError:
+                raise Conflict(f"user {name} exists") from None
+            return Who(user.id, user.name, user.role)
+
+    def user_by_name(self, name: str) -> Optional[User]:
+        with self.session() as s:
+            return s.scalar(select(User).where(User.name == name, User.active.is_(True)))
+
+    def users(self) -> list[User]:
+        with self.session() as s:
+            return list(s.scalars(select(User).order_by(User.name)))
+
+    def new_token(self, name: str) -> str:
+        token = secrets.token_urlsafe(32)
+        with self._begin() as s:
+            uid = s.scalar(select(User.id).where(User.name == name))
+            if uid is None:
+                raise NotFound(f"no user {name}")
+            s.add(ApiToken(user_id=uid, token_hash=hash_token(token)))
+        return token
+
+    def user_by_token(self, token: str) -> Optional[Who]:
+        with self.session() as s:
+            row = s.execute(select(User.id, User.name, User.role).join(ApiToken, ApiToken.user_id == User.id)
+                            .where(ApiToken.token_hash == hash_token(token), User.active.is_(True))).first()
+            return Who(*row) if row else None
+
+    def user_by_id(self, uid: int) -> Optional[Who]:
+        with self.session() as s:
+            row = s.execute(select(User.id, User.name, User.role)
+                            .where(User.id == uid, User.active.is_(True))).first()
+            return Who(*row) if row else None
+
+    # ----------------------------------------------------------------- audit
+
+    def audit(self, user: str, action: str, case_id: Optional[str] = None) -> None:
+        with self._begin() as s:
+            s.add(Audit(user=user, action=action, case_id=case_id))
+
+    def audit_log(self, limit: int = 500) -> list[Audit]:
+        with self.session() as s:
+            return list(s.scalars(select(Audit).order_by(Audit.id.desc()).limit(limit)))
+
+    # ----------------------------------------------------------------- cases
+
+    def add_cases(self, items: Iterable[tuple[dict[str, Any], dict[str, Any]]], user: str) -> list[Case]:
+        """New cases from (referral data, determination JSON) pairs, all in one transaction."""
+        with self._begin() as s:
+            cases = []
+            for data, result in items:
+                case = Case(id=secrets.token_urlsafe(16), version=1, referral_version=1, units_given=0,
+                            status=FROM_DETERMINATION[result["determination"]], **_case_fields(data, result))
+                s.add(case)
+                s.flush()  # the case row before its referral version (foreign key)
+                s.add(ReferralVersion(case_id=case.id, number=1, data=json.dumps(data),
+                                      determination=result["determination"], created_by=user))
+                s.add(Audit(user=user, action="case.create", case_id=case.id))
+                cases.append(case)
+            return cases
+
+    def get(self, case_id: str) -> Case:
+        with self.session() as s:
+            case = s.get(Case, case_id)
+            if case is None:
+                raise NotFound(case_id)
+            return case
+
+    def events(self, case_id: str) -> list[Event]:
+        with self.session() as s:
+            return list(s.scalars(select(Event).where(Event.case_id == case_id).order_by(Event.id)))
+
+    def referral_versions(self, case_id: str) -> list[ReferralVersion]:
+        with self.session() as s:
+            return list(s.scalars(select(ReferralVersion).where(ReferralVersion.case_id == case_id)
+                                  .order_by(ReferralVersion.number)))
+
+    def referral(self, case_id: str) -> dict[str, Any]:
+        with self.session() as s:
+            data = s.scalar(select(ReferralVersion.data).where(ReferralVersion.case_id == case_id)
+                            .order_by(ReferralVersion.number.desc()).limit(1))
+            if data is None:
+                raise NotFound(case_id)
+            return json.loads(data)
+
+    def list_cases(self, *, status: Optional[str] = None, payer: Optional[str] = None,
+                   due_before: Optional[dt.date] = None, due_after: Optional[dt.date] = None,
+                   open_only: bool = False, sort: str = "updated", descending: bool = True,
+                   limit: Optional[int] = None, offset: int = 0,
+                   with_result: bool = True) -> tuple[list[Case], int]:
+        """(one page of cases, how many match in all). `with_result=False` leaves out the
+        determination JSON (~6 KB a case), which a worklist page does not show."""
+        conditions = []
+        if status:
+            conditions.append(Case.status == status)
+        if payer:
+            conditions.append(Case.payer == payer)
+        if due_before:
+            conditions.append(Case.reauthorization_due <= due_before)
+        if due_after:
+            conditions.append(Case.reauthorization_due >= due_after)
+        if open_only:
+            conditions.append(Case.status.in_(OPEN))
+        q = select(Case).where(*conditions)
+        if not with_result:
+            q = q.options(defer(Case.result))
+        column = {"updated": Case.updated_at, "status": Case.status, "payer": Case.payer,
+                  "due": Case.reauthorization_due, "patient": Case.patient,
+                  "referral": Case.referral_id}.get(sort, Case.updated_at)
+        order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
+        with self.session() as s:
+            total = s.scalar(select(func.count(Case.id)).where(*conditions))
+            q = q.order_by(*order).offset(offset)
+            if limit is not None:
+                q = q.limit(limit)
+            return list(s.scalars(q)), total or 0
+
+    def counts(self) -> dict[str, int]:
+        with self.session() as s:
+            return dict(s.execute(select(Case.status, func.count()).group_by(Case.status)).all())
+
+    def payers(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Case.payer).distinct().order_by(Case.payer)))
+
+    def _locked(self, s: Session, case_id: str, version: Optional[int]) -> Case:
+        case = s.scalars(select(Case).where(Case.id == case_id).with_for_update()).first()
+        if case is None:
+            raise NotFound(case_id)
+        if version is not None and case.version != version:
+            raise Conflict(f"the case changed since you read it (version {version}, now {case.version}): "
+                           "reload it and try again")
+        return case
+
+    def _bump(self, s: Session, case: Case, values: dict[str, Any]) -> None:
+        # the version check again in the UPDATE itself: safe even where FOR UPDATE is a no-op
+        values = {**values, "version": case.version + 1, "updated_at": utcnow()}
+        done = s.execute(update(Case).where(Case.id == case.id, Case.version == case.version)
+                         .values(**values).execution_options(synchronize_session=False))
+        if done.rowcount != 1:
+            raise Conflict("the case changed since you read it: reload it and try again")
+
+    def add_event(self, case_id: str, etype: str, date: dt.date, fields: dict[str, Any], user: str,
+                  version: Optional[int] = None) -> Case:
+        allowed, to = TRANSITIONS[etype]
+        with self._begin() as s:
+            case = self._locked(s, case_id, version)
+            if case.status not in allowed:
+                raise Conflict(f"a {etype} event does not fit a case that is {case.status}")
+            values: dict[str, Any] = {"status": to or case.status}
+            if etype == "approved":
+                end = dt.date.fromisoformat(fields["end_date"])
+                values.update(auth_number=fields["authorization_number"], approved_units=fields["approved_units"],
+                              auth_start=dt.date.fromisoformat(fields["start_date"]), auth_end=end,
+                              reauthorization_due=end - dt.timedelta(days=lead_days(json.loads(case.result))),
+                              units_given=0)
+            elif etype == "infusion_given":
+                values["units_given"] = case.units_given + fields["units"]
+            s.add(Event(case_id=case.id, type=etype, date=date, data=json.dumps(fields),
+                        from_status=case.status, to_status=values["status"], created_by=user))
+            self._bump(s, case, values)
+            s.add(Audit(user=user, action=f"case.event.{etype}", case_id=case.id))
+        return self.get(case_id)
+
+    def correct(self, case_id: str, data: dict[str, Any], result: dict[str, Any], user: str,
+                version: Optional[int] = None) -> Case:
+        """A corrected referral: a new referral version; the status follows the new determination
+        until the case was submitted, after which the payer's answer decides it."""
+        with self._begin() as s:
+            case = self._locked(s, case_id, version)
+            number = case.referral_version + 1
+            s.add(ReferralVersion(case_id=case.id, number=number, data=json.dumps(data),
+                                  determination=result["determination"], created_by=user))
+            values = {**_case_fields(data, result), "referral_version": number}
+            if case.status in PRE_SUBMISSION:
+                values["status"] = FROM_DETERMINATION[result["determination"]]
+            s.add(Event(case_id=case.id, type="corrected", date=dt.date.today(),
+                        data=json.dumps({"referral_version": number, "determination": result["determination"]}),
+                        from_status=case.status, to_status=values.get("status", case.status), created_by=user))
+            self._bump(s, case, values)
+            s.add(Audit(user=user, action="case.referral.update", case_id=case.id))
+        return self.get(case_id)
+
+    def _begin(self) -> "_Tx":
+        return _Tx(self.engine)
+
+
+class _Tx:
+    """A write transaction (BEGIN IMMEDIATE on SQLite): commits on success, rolls back on error."""
+
+    def __init__(self, engine: Engine):
+        self.conn = engine.connect().execution_options(write=True)
+        self.s = Session(bind=self.conn, expire_on_commit=False)
+
+    def __enter__(self) -> Session:
+        return self.s
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        try:
+            if exc_type is None:
+                self.s.commit()
+            else:
+                self.s.rollback()
+        finally:
+            self.s.close()
+            self.conn.close()
+
+
+def _case_fields(data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+    patient = data.get("patient") or {}
+    request = data.get("request") or {}
+    auth = result.get("authorization") or {}
+    due = auth.get("reauthorization_due")
+    return {"referral_id": data["referral_id"], "payer": (data.get("coverage") or {}).get("payer", ""),
+            "patient": f"{patient.get('family_name', '')}, {patient.get('given_name', '')}",
+            "therapy": request.get("therapy", ""), "request_type": request.get("request_type", "initial"),
+            "determination": result["determination"], "missing": json.dumps(result.get("missing") or []),
+            "result": json.dumps(result), "reauthorization_due": dt.date.fromisoformat(due) if due else None}

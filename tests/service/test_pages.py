@@ -1,0 +1,94 @@
+"""Pages through the app: upload, worklist, case page, check a patient, correct, renewals."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from .conftest import DATA, Env
+
+
+def _files(*names: str, bad: bytes | None = None):
+    files = [("files", (n, (DATA / n).read_bytes(), "application/octet-stream")) for n in names]
+    if bad is not None:
+        files.append(("files", ("broken.yaml", bad, "application/yaml")))
+    return files
+
+
+def test_upload_many_with_a_per_file_error(env: Env) -> None:
+    c = env.browser("billing")
+    before = env.store.list_cases()[1]
+    r = c.post("/upload", data={"csrf": c.csrf},
+               files=_files("dm-steroid-intolerance.yaml", "dm-bundle.json", bad=b"referral_id: ZQXSECRET\n"))
+    assert r.status_code == 201
+    assert r.text.count("/cases/") >= 2 and "not added" in r.text and "ZQXSECRET" not in r.text
+    assert env.store.list_cases()[1] == before + 2
+
+
+def test_worklist_filter_sort_counts(env: Env) -> None:
+    env.new_case("pm-undated-steroid-trial.yaml")
+    c = env.browser("billing")
+    page = c.get("/?status=missing_documentation&sort=patient&order=asc").text
+    assert "start date of the prednisone trial" in page  # what is missing, in words
+    assert "missing documentation: <strong>" in page
+    assert 'class="status s-ready"' not in page
+    page = c.get("/?payer=nobody").text
+    assert "No cases match." in page
+
+
+def test_case_page_shows_the_determination_and_records_approval(env: Env) -> None:
+    cid = env.new_case()["case_id"]
+    c = env.browser("billing")
+    page = c.get(f"/cases/{cid}").text
+    for words in ("Determination", "Criteria", "Dosing and billing", "J1568", "Safety", "History", "Record submitted"):
+        assert words in page, words
+    assert c.post(f"/cases/{cid}/events", data={"csrf": c.csrf, "type": "submitted", "version": "1"},
+                  follow_redirects=False).status_code == 303
+    r = c.post(f"/cases/{cid}/events", data={"csrf": c.csrf, "type": "approved", "version": "2",
+                                              "date": "2026-12-01", "authorization_number": "PA-1",
+                                              "approved_units": "1476", "start_date": "2026-12-01",
+                                              "end_date": "2027-05-31"})
+    assert r.status_code == 200 and "PA-1" in r.text and "Units given" in r.text
+    stale = c.post(f"/cases/{cid}/events", data={"csrf": c.csrf, "type": "closed", "version": "2"})
+    assert stale.status_code == 409 and "reload" in stale.text
+
+
+def test_check_stores_nothing_unless_saved(env: Env) -> None:
+    text = (DATA / "dm-steroid-intolerance.yaml").read_text()
+    physician = env.browser("physician")
+    before = env.store.list_cases()[1]
+    r = physician.post("/check", data={"csrf": physician.csrf, "referral": text})
+    assert r.status_code == 200 and "meets criteria" in r.text and "Save as case" not in r.text
+    assert physician.post("/check", data={"csrf": physician.csrf, "referral": text, "save": "1"}).status_code == 200
+    assert env.store.list_cases()[1] == before
+    billing = env.browser("billing")
+    r = billing.post("/check", data={"csrf": billing.csrf, "referral": text, "save": "1"}, follow_redirects=False)
+    assert r.status_code == 303 and env.store.list_cases()[1] == before + 1
+    r = physician.post("/check", data={"csrf": physician.csrf, "referral": text.replace("sex: female", "sex: ZQXS")})
+    # the form gives the pasted text back to edit; the error itself names the field only
+    errors = r.text.split('<div class="error"', 1)[1].split("</div>", 1)[0]
+    assert r.status_code == 422 and "patient.sex" in errors and "ZQXS" not in errors
+
+
+def test_correct_and_renewal_continuation(env: Env) -> None:
+    cid = env.new_case("pm-undated-steroid-trial.yaml")["case_id"]
+    c = env.browser("billing")
+    form = c.get(f"/cases/{cid}/correct").text
+    assert "referral_id: S-PM-004" in form
+    text = (DATA / "pm-undated-steroid-trial.yaml").read_text().replace("weight_kg", "height_cm", 0)
+    r = c.post(f"/cases/{cid}/correct", data={"csrf": c.csrf, "version": "1", "referral": text + "\nbogus: 1\n"})
+    assert r.status_code == 422 and "bogus" in r.text
+    r = c.post(f"/cases/{cid}/correct", data={"csrf": c.csrf, "version": "1", "referral": text})
+    assert r.status_code == 200 and env.store.get(cid).referral_version == 2
+    # an approval ending within 30 days shows on the renewals page; one click starts a continuation
+    rid = env.new_case()["case_id"]
+    today = dt.date.today()
+    env.store.add_event(rid, "submitted", today, {}, "t")
+    env.store.add_event(rid, "approved", today, {"authorization_number": "R-9", "approved_units": 10,
+                                                 "start_date": (today - dt.timedelta(days=150)).isoformat(),
+                                                 "end_date": (today + dt.timedelta(days=20)).isoformat()}, "t")
+    page = c.get("/renewals").text
+    assert "R-9" in page and "Start continuation" in page
+    r = c.post(f"/cases/{rid}/continuation", data={"csrf": c.csrf}, follow_redirects=False)
+    assert r.status_code == 303
+    new = env.store.get(r.headers["location"].rsplit("/", 1)[1])
+    assert new.request_type == "continuation" and new.id != rid

@@ -1,0 +1,114 @@
+"""The same store tests on SQLite and, when PRIORAUTH_TEST_DATABASE_URL is set, PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import pytest
+
+from priorauth import check
+from priorauth.service.referrals import referral_data
+from priorauth.service.store import Conflict, Store, migrate
+
+from .conftest import DATA
+
+D = dt.date(2026, 11, 20)
+
+
+def _pair(name: str = "dm-steroid-intolerance.yaml"):
+    det = check(DATA / name)
+    return referral_data(det), det.to_dict()
+
+
+def test_case_life_and_history(store: Store) -> None:
+    case = store.add_cases([_pair()], "ann")[0]
+    assert case.status == "ready" and case.version == 1 and len(case.id) >= 20
+    case = store.add_event(case.id, "submitted", D, {}, "ann", version=1)
+    case = store.add_event(case.id, "approved", D, {"authorization_number": "A1", "approved_units": 1476,
+                                                   "start_date": "2026-12-01", "end_date": "2027-05-31"}, "ann")
+    assert (case.status, case.auth_number, case.approved_units) == ("approved", "A1", 1476)
+    assert case.reauthorization_due == dt.date(2027, 5, 1)  # the policy's 30 days before the end
+    case = store.add_event(case.id, "infusion_given", D, {"units": 246}, "ann")
+    assert case.units_given == 246 and case.status == "approved"
+    with pytest.raises(Conflict):
+        store.add_event(case.id, "appealed", D, {}, "ann")  # does not fit an approved case
+    data, result = _pair()
+    data["patient"]["weight_kg"] = 70
+    case = store.correct(case.id, data, result, "bob")
+    assert case.referral_version == 2 and case.status == "approved"  # the payer's answer stands
+    assert [v.number for v in store.referral_versions(case.id)] == [1, 2]
+    assert store.referral(case.id)["patient"]["weight_kg"] == 70
+    assert [e.type for e in store.events(case.id)] == ["submitted", "approved", "infusion_given", "corrected"]
+    assert {a.action for a in store.audit_log()} >= {"case.create", "case.event.approved", "case.referral.update"}
+
+
+def test_stale_version_loses(store: Store) -> None:
+    case = store.add_cases([_pair()], "ann")[0]
+    store.add_event(case.id, "submitted", D, {}, "ann", version=1)
+    with pytest.raises(Conflict, match="changed since you read it"):
+        store.add_event(case.id, "closed", D, {}, "bob", version=1)
+    assert store.get(case.id).status == "submitted"
+
+
+def test_concurrent_events_one_wins(store: Store) -> None:
+    case = store.add_cases([_pair()], "ann")[0]
+    store.add_event(case.id, "submitted", D, {}, "ann")
+    outcomes: list[str] = []
+
+    def decide(etype: str, fields: dict) -> None:
+        try:
+            store.add_event(case.id, etype, D, fields, "x", version=2)
+            outcomes.append("ok")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=decide, args=("denied", {"reason": "r"})),
+               threading.Thread(target=decide, args=("pended", {"requested": "notes"}))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["conflict", "ok"]
+    assert len(store.events(case.id)) == 2
+
+
+def test_upload_is_one_transaction(store: Store) -> None:
+    good = _pair()
+    bad = ({**good[0], "referral_id": None}, good[1])  # violates NOT NULL half-way through
+    before = store.list_cases()[1]
+    with pytest.raises(Exception):
+        store.add_cases([good, good, bad], "ann")
+    assert store.list_cases()[1] == before
+
+
+def test_filters_counts_and_migrate_twice(store: Store) -> None:
+    store.add_cases([_pair(), _pair("pm-undated-steroid-trial.yaml"), _pair("ibm-not-covered.yaml")], "ann")
+    counts = store.counts()
+    assert counts["ready"] >= 1 and counts["missing_documentation"] >= 1 and counts["not_eligible"] >= 1
+    cases, total = store.list_cases(status="missing_documentation")
+    assert total == len(cases) >= 1 and all(c.status == "missing_documentation" for c in cases)
+    migrate(store.engine)  # a second serve process starting: no-op, same secret
+    assert store.setting("session_secret")
+
+
+def test_two_processes_share_one_store(store: Store) -> None:
+    """A second engine on the same database (as a second `serve` would open): its migration run
+    waits for or skips the first, and it sees and guards the same cases."""
+    from priorauth.service.store import make_engine
+
+    other = Store(make_engine(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        threads = [threading.Thread(target=migrate, args=(st.engine,)) for st in (store, other)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        case = store.add_cases([_pair()], "ann")[0]
+        assert other.get(case.id).status == "ready"
+        other.add_event(case.id, "submitted", D, {}, "bob", version=1)
+        with pytest.raises(Conflict):
+            store.add_event(case.id, "submitted", D, {}, "ann", version=1)
+        assert store.setting("session_secret") == other.setting("session_secret")
+    finally:
+        other.close()
