@@ -22,6 +22,7 @@ _EXPORTS = {
     "check": ".api",
     "load_referral": ".api",
     "render_letter": ".api",
+    "render_packet": ".api",
     "run_batch": ".api",
     "import_fhir": ".api",
     "lint": ".api",
@@ -38,7 +39,7 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors only
     from .api import (Criteria, CriteriaError, Determination, InputError, PriorAuthError, Referral, check,
-                      import_fhir, lint, load_criteria, load_referral, render_letter, run_batch)
+                      import_fhir, lint, load_criteria, load_referral, render_letter, render_packet, run_batch)
 
 
 def __getattr__(name: str):

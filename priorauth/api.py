@@ -17,7 +17,7 @@ from .model.referral import Referral, referral_from_data
 ReferralLike = Union[Referral, Mapping[str, Any], str, Path]
 CriteriaLike = Union[Criteria, str, Path, None]
 
-__all__ = ["check", "load_referral", "render_letter", "run_batch", "import_fhir", "lint", "load_criteria",
+__all__ = ["check", "load_referral", "render_letter", "render_packet", "run_batch", "import_fhir", "lint", "load_criteria",
            "Determination", "Referral", "Criteria", "PriorAuthError", "InputError", "CriteriaError"]
 
 
@@ -99,6 +99,19 @@ def render_letter(determination: Determination, fmt: str = "docx", *, kind: Opti
     denial = parse_denial(dict(denial), "denial") if denial is not None else None
     return render(ref, determination, fmt, kind=kind, draft=draft, template=template, denial=denial,
                   vocabulary=determination.vocabulary)
+
+
+def render_packet(determination: Determination, *, kind: Optional[str] = None,
+                  denial: Optional[Mapping[str, Any]] = None, attachments: Iterable[Any] = (),
+                  draft: bool = False, payer_fax: Optional[str] = None) -> bytes:
+    """The one-file submission packet (spec section 5) as PDF bytes: fax cover, letter,
+    criteria checklist, enclosure index and the attached PDFs (paths or (name, bytes)),
+    every page numbered "page X of N"."""
+    from .letters.render import default_letters, parse_denial
+
+    denial = parse_denial(dict(denial), "denial") if denial is not None else None
+    return default_letters().packet(determination, kind=kind, denial=denial, attachments=attachments,
+                                    draft=draft, payer_fax=payer_fax)
 
 
 def import_fhir(bundle: Union[Mapping[str, Any], str, Path], *, criteria: CriteriaLike = None,

@@ -15,6 +15,8 @@ from .check import check
 from .criteria import explain, lint, policies
 from .fhir import import_fhir
 from .letter import letter
+from .packet import packet
+from ..service.cli import serve, users
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,7 +44,7 @@ def schema(what):
     click.echo(json.dumps(Referral.model_json_schema(), indent=2))
 
 
-for _command in (check, letter, batch, samples, import_fhir, policies, explain, lint):
+for _command in (check, letter, packet, batch, samples, import_fhir, policies, explain, lint, serve, users):
     cli.add_command(_command)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 import yaml
 
-from priorauth import Determination, InputError, check, render_letter
+from priorauth import Determination, InputError, check, render_letter, render_packet
 
 from .models import Case, Event
 
@@ -123,6 +123,7 @@ def denial_of(events: list[Event]) -> Optional[dict[str, Any]]:
 
 
 def letter(data: dict[str, Any], fmt: str, kind: Optional[str], events: list[Event]) -> bytes:
+    """The letter in `fmt`, or the whole submission packet (PDF) when `fmt` is "packet"."""
     denial = denial_of(events) if kind == "appeal" else None
     if kind == "appeal":
         if denial is None:
@@ -131,7 +132,10 @@ def letter(data: dict[str, Any], fmt: str, kind: Optional[str], events: list[Eve
         if denial["date"] > data["date"]:
             data = {**data, "date": denial["date"]}
     try:
-        return render_letter(check(data), fmt, kind=kind, denial=denial)
+        det = check(data)
+        if fmt == "packet":
+            return render_packet(det, kind=kind, denial=denial)
+        return render_letter(det, fmt, kind=kind, denial=denial)
     except InputError as exc:
         raise BadInput(input_errors(str(exc), data)) from None
 

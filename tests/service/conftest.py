@@ -24,6 +24,8 @@ PG_ENV = "PRIORAUTH_TEST_DATABASE_URL"
 def _pg_store() -> Store:
     """A store on a fresh schema of the test PostgreSQL; unreachable means the test fails."""
     url = os.environ.get(PG_ENV)
+    if not url and os.environ.get("CI"):
+        pytest.fail(f"{PG_ENV} is not set in CI: .ci/run must start PostgreSQL (.ci/postgres.sh)")
     if not url:
         pytest.skip(f"{PG_ENV} is not set: the PostgreSQL store tests did not run (source .ci/postgres.sh)")
     import sqlalchemy as sa

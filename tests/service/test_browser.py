@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM) and os.environ.get("CI"):
+    raise RuntimeError(f"{CHROMIUM} is absent in CI: .ci/run must install Debian's chromium")
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium): browser tests did not run",
                 allow_module_level=True)
