@@ -725,3 +725,26 @@ def test_continuation_pdf_shows_the_trend_values(criteria):
     text = pdf_text(render.render_letter(ref, det, "pdf", kind="continuation"))
     assert "Objective response to treatment" in text
     assert "1,900 on 04/28/2026" in text and "4,850" in text  # CK has 4 points: its values over time
+
+
+def test_a_draft_without_weight_still_names_the_products_hcpcs_code(criteria):
+    # Review defect: the draft said "not known" for Gammagard Liquid when no dose could be computed.
+    data = yaml.safe_load((ROOT / "samples" / "dm-steroid-intolerance.yaml").read_text())
+    data["patient"].pop("weight_kg")
+    data["request"]["product"] = "Gammagard Liquid"
+    det = determine(referral_from_data(data, "t"), criteria)
+    assert det.dosing is None and det.product["hcpcs"] == "J1569"
+    ctx = render.letter_context(det.referral, det, kind="initial", draft=True)
+    assert ctx["request"]["hcpcs"] == "J1569" and ctx["request"]["billing_unit"] == "0.5 g"
+    assert "J1569" in render.render_letter(det.referral, det, "md", draft=True).decode()
+
+
+def test_letters_read_courses_and_age_from_the_determination(criteria):
+    det = determine(referral_from_data(yaml.safe_load((ROOT / "samples" / "dm-continuation-improved.yaml").read_text()),
+                                       "t"), criteria)
+    ctx = render.letter_context(det.referral, det, kind="continuation")
+    assert ctx["patient"]["age"] == det.course["patient_age"]
+    assert len(ctx["continuation"]["courses"]) == len(det.course["treatments"]) > 0
+    # what the letter shows follows the determination, not a second reading of the chart
+    det.course = {**det.course, "treatments": det.course["treatments"][:1]}
+    assert len(render.letter_context(det.referral, det, kind="continuation")["continuation"]["courses"]) == 1

@@ -25,3 +25,13 @@ def course_of(referral: Referral, treatments: list, vocab: Any, therapy: Any) ->
     return {"drug_class": therapy.drug_class, "treatments": [i for i, _ in found],
             "first_start": first.isoformat() if first else None,
             "patient_age": age_years(referral.patient.birth_date, referral.date)}
+
+
+def product_of(referral: Referral, products: Any) -> dict[str, Any]:
+    """The requested product as the product table knows it (empty when it does not)."""
+    found = products.find(referral.request.product)
+    if found is None:
+        return {}
+    brand, product = found
+    return {"brand": brand, "therapy": product.therapy, "hcpcs": product.hcpcs,
+            "billing_unit": f"{product.unit.amount:g} {product.unit.of}"}

@@ -9,7 +9,7 @@ from typing import Any, Optional
 from dateutil.relativedelta import relativedelta
 
 from .context import make_context, resolve_treatments
-from .course import course_of
+from .course import course_of, product_of
 from .dosing import DEFAULT_ADJUSTED_WEIGHT_BMI, compute as compute_dosing
 from .result import MET, NOT_MET, UNKNOWN, Result
 from .tree import evaluate_node
@@ -33,6 +33,7 @@ class Determination:
     flat: list = field(default_factory=list, repr=False)  # result.walk(), once
     vocabulary: Any = field(default=None, repr=False)  # the drug names letters word treatments with
     course: dict = field(default_factory=dict)  # earlier courses of the therapy, patient age (engine.course)
+    product: dict = field(default_factory=dict)  # the requested product's brand, HCPCS code, billing unit
 
     @property
     def referral_id(self) -> str:
@@ -106,6 +107,7 @@ class Determination:
             "safety": self.safety,
             "warnings": self.warnings,
             "course": self.course,
+            "product": self.product,
         }
 
 
@@ -116,6 +118,7 @@ def determine(referral: Referral, criteria: Any, warnings: list[str] | None = No
     """
     det, known = _decide(referral, criteria, warnings)
     det.vocabulary = criteria.vocabulary
+    det.product = product_of(referral, criteria.products)
     for s in screen_all(referral, criteria, known):
         if s.status != "ok":
             det.safety.append({"rule": s.rule_id, "label": s.rule.label, "status": s.status, "message": s.message})

@@ -3,7 +3,6 @@ referral and what its determination decided (nothing re-derived)."""
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import OrderedDict
 from datetime import date as Date
@@ -101,26 +100,6 @@ def _met_leaves(result, policy) -> list[dict]:
             if r.status == MET and not r.children and not _in_unmet_alternative(r, anc)]
 
 
-def _therapy_vocabulary(vocabulary):
-    return vocabulary if vocabulary is not None else _default_vocabulary()
-
-
-@functools.lru_cache(maxsize=1)
-def _default_vocabulary():
-    from ..criteria.policy import load_criteria
-
-    return load_criteria().vocabulary
-
-
-def _is_requested_therapy(t, referral, drug_class: str, vocabulary) -> bool:
-    from ..criteria.policy import name_key
-
-    if name_key(t.drug) == name_key(referral.request.product):
-        return True
-    generic = vocabulary.generic(t.drug) if vocabulary is not None else None
-    return bool(generic) and vocabulary.in_class(generic, drug_class, t.route)
-
-
 def _change(baseline: float, latest: float, better: Optional[str]) -> str:
     if latest == baseline:
         return "unchanged"
@@ -129,11 +108,10 @@ def _change(baseline: float, latest: float, better: Optional[str]) -> str:
     return "improved" if (latest < baseline) == (better == "lower") else "worse"
 
 
-def _continuation(referral, words: dict, vocabulary, therapy_short: str) -> dict:
-    drug_class = words["therapy"][referral.request.therapy]["drug_class"]
-    courses = [t for t in referral.treatments if _is_requested_therapy(t, referral, drug_class, vocabulary)]
-    starts = [t.start_date for t in courses if t.start_date]
-    first = min(starts) if starts else None
+def _continuation(referral, words: dict, course: dict, therapy_short: str) -> dict:
+    # Which treatments are earlier courses, and when the first began, the determination decided.
+    courses = [referral.treatments[i] for i in course.get("treatments", ())]
+    first = Date.fromisoformat(course["first_start"]) if course.get("first_start") else None
     groups: "OrderedDict[str, list]" = OrderedDict()
     for a in referral.assessments:
         groups.setdefault(a.measure, []).append(a)
@@ -219,8 +197,9 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     """Everything a letter says, as a plain JSON-able dict (strings, numbers, lists, dicts).
 
     `denial` (appeals): {reason, date?, reference?, criteria?: [criterion ids]}.
-    `vocabulary` (criteria's drug vocabulary) finds earlier courses of the requested therapy
-    for a continuation letter; by default the bundled criteria's.
+    Nothing clinical is worked out here: earlier courses, the patient's age, the product's
+    codes and the dose come from the determination. (`vocabulary` is accepted for callers of
+    the earlier signature and not used.)
     """
     if kind not in KINDS:
         raise InputError(f"letter kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -247,9 +226,10 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "therapy_short": therapy["short"],
         "is_rituximab": not ig,
         "product": d.get("product") or req.product,
-        "hcpcs": d.get("hcpcs"),
-        # The determination's dosing names the unit for IVIG; for rituximab the wording file does.
-        "billing_unit": d.get("billing_unit") or (therapy.get("billing_unit") if d.get("hcpcs") else None),
+        # The product's own code and unit, even when no dose can be computed yet (a draft
+        # without the weight): the determination looked them up in the product table.
+        "hcpcs": d.get("hcpcs") or det.product.get("hcpcs"),
+        "billing_unit": d.get("billing_unit") or det.product.get("billing_unit"),
         "request_type": req.request_type,
         "dose_g_per_kg": num(req.dose_g_per_kg),
         "dosing_weight_kg": num(d.get("dosing_weight_kg")),
@@ -295,8 +275,7 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
             "family_name": pat.family_name,
             "birth_date": us_date(pat.birth_date),
             "birth_date_iso": pat.birth_date.isoformat(),
-            "age": ref.date.year - pat.birth_date.year
-                   - ((ref.date.month, ref.date.day) < (pat.birth_date.month, pat.birth_date.day)),
+            "age": det.course.get("patient_age"),
             "sex": pat.sex,
             "weight_kg": num(pat.weight_kg),
             "height_cm": num(pat.height_cm),
@@ -353,7 +332,7 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
             for k, v in auth.items()}
         ctx["authorization"].setdefault("months", None)
     if kind == "continuation":
-        ctx["continuation"] = _continuation(ref, words, _therapy_vocabulary(vocabulary), therapy["short"])
+        ctx["continuation"] = _continuation(ref, words, det.course, therapy["short"])
     if kind == "appeal":
         denial = parse_denial(dict(denial), "denial")
         if denial["date"] and Date.fromisoformat(denial["date"]) > ref.date:
