@@ -34,6 +34,9 @@ def friendly(func):
 criteria_option = click.option(
     "--criteria", "criteria_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     envvar="PRIORAUTH_CRITERIA", help="Criteria folder (default: the bundled criteria/).")
+templates_option = click.option(
+    "--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    envvar="PRIORAUTH_TEMPLATES", help="Templates folder (default: the bundled templates/).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, criteria_for, criteria_option, friendly, read_referral
+from .common import UserError, criteria_for, criteria_option, friendly, read_referral, templates_option
 
 FORMAT_CHOICES = ("docx", "pdf", "html", "md")  # = render.FORMATS (a test keeps them equal)
 KIND_CHOICES = ("initial", "continuation", "appeal", "p2p")  # = render.KINDS + the peer-to-peer sheet
@@ -70,8 +70,7 @@ def check_kind(kind, request_type):
 @click.option("--denial-reason", default=None, help="Appeal: the payer's stated reason for the denial.")
 @click.option("--denial-date", default=None, help="Appeal: date of the denial (YYYY-MM-DD).")
 @click.option("--denial-reference", default=None, help="Appeal: the payer's reference or case number.")
-@click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="PRIORAUTH_TEMPLATES", help="Templates folder (default: the bundled templates/).")
+@templates_option
 @criteria_option
 @friendly
 def letter(referral, output, fmt, kind, force, draft, template, denial_file, denial_reason, denial_date,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import UserError, criteria_for, criteria_option, friendly, read_referral
+from .common import UserError, criteria_for, criteria_option, friendly, read_referral, templates_option
 from .letter import KIND_CHOICES, _denial, _refusal, check_kind
 
 
@@ -24,8 +24,7 @@ from .letter import KIND_CHOICES, _denial, _refusal, check_kind
 @click.option("--payer-fax", default=None, help="The payer's fax number for the cover sheet.")
 @click.option("--draft", is_flag=True, help="Write the packet even when criteria are not met, marked DRAFT.")
 @click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
-@click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="PRIORAUTH_TEMPLATES", help="Templates folder (default: the bundled templates/).")
+@templates_option
 @criteria_option
 @friendly
 def packet(referral, output, kind, denial_file, attachments, payer_fax, draft, force, templates_dir, criteria_dir):
