@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Optional
 
+import orjson
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -235,7 +236,13 @@ class Referral(_Model):
     @model_validator(mode="before")
     @classmethod
     def _no_control_characters(cls, data: Any) -> Any:
-        where = _control_characters(data)
+        try:
+            # One C pass for the common case: orjson refuses unpaired surrogates and writes
+            # NUL as \u0000; only then (or for data it cannot write) walk to name the field.
+            clean = b"\\u0000" not in orjson.dumps(data)
+        except TypeError:
+            clean = False
+        where = None if clean else _control_characters(data)
         if where is not None:
             raise ValueError(f"{where}: contains a NUL or an unpaired surrogate character: remove it")
         return data
