@@ -6,20 +6,42 @@ usage was invalid, 1 anything else. User mistakes never show a traceback.
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import click
 
-from .batch import batch, samples
-from .check import check
-from .criteria import explain, lint, policies
-from .fhir import import_fhir
-from .letter import letter
-from .packet import packet
-from ..service.cli import serve, users
+# command name -> "module:attribute". A command's module is imported only when that command
+# runs (or --help lists them): `priorauth check` pays for no other command's imports.
+COMMANDS = {
+    "check": ".check:check",
+    "letter": ".letter:letter",
+    "packet": ".packet:packet",
+    "batch": ".batch:batch",
+    "samples": ".batch:samples",
+    "import-fhir": ".fhir:import_fhir",
+    "policies": ".criteria:policies",
+    "explain": ".criteria:explain",
+    "lint": ".criteria:lint",
+    "serve": "..service.cli:serve",
+    "users": "..service.cli:users",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """click's documented pattern for subcommands loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, name: str):
+        if name in COMMANDS and name not in self.commands:
+            module, attr = COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module, __package__), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="priorauth")
 def cli():
     """Prior-authorization packets for IVIG and rituximab in autoimmune muscle and skin disease.
@@ -42,10 +64,6 @@ def schema(what):
     from ..model.referral import Referral
 
     click.echo(json.dumps(Referral.model_json_schema(), indent=2))
-
-
-for _command in (check, letter, packet, batch, samples, import_fhir, policies, explain, lint, serve, users):
-    cli.add_command(_command)
 
 
 def main():
