@@ -181,3 +181,17 @@ def test_resolver_memo_stays_bounded():
 def test_python_tags_are_refused(text):
     with pytest.raises(InputError, match="not valid YAML or JSON"):
         parse_text(text, "hostile.yaml")
+
+
+def test_a_duplicate_key_that_may_be_data_is_not_named():
+    # Found by the long fuzz run (bench/fuzz_long.py): a repeated key that is not field-like
+    # (a name typed as a key) was quoted in the error.
+    import pytest
+
+    from priorauth.core.errors import InputError
+
+    with pytest.raises(InputError) as err:
+        parse_text("notes: x\nOBrienKey: 1\nOBrienKey: 2\n", "r.yaml")
+    assert "OBrienKey" not in str(err.value) and "duplicate key" in str(err.value)
+    with pytest.raises(InputError, match="'treatments'"):
+        parse_text("treatments: []\ntreatments: []\n", "r.yaml")

@@ -52,7 +52,7 @@ _NULL, _BOOL, _INT, _FLOAT = ("tag:yaml.org,2002:null", "tag:yaml.org,2002:bool"
                               "tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _PLAIN_SCALARS = frozenset((_NULL, _BOOL, _INT, _FLOAT))
 _KIND = {_NULL: "null", _BOOL: "true/false", _INT: "integer", _FLOAT: "number", _STR: "text"}
-_SAFE_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}\Z")
+_SAFE_KEY = re.compile(r"[a-z][a-z0-9_]{0,40}\Z")  # field-like, as model.referral shows them: a key like a name may be data
 
 
 class _FastLoader(_Loader):  # type: ignore[misc,valid-type]
