@@ -354,14 +354,14 @@ def test_a_symlink_inside_letters_is_never_written_through_or_deleted(tmp_path):
 
 def test_a_symlinked_state_folder_is_refused_not_chmodded(tmp_path):
     src, out = _batch_input(tmp_path), tmp_path / "out"
-    shared = tmp_path / "shared"
-    shared.mkdir(mode=0o755)
-    os.chmod(shared, 0o755)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    os.chmod(elsewhere, 0o755)
     out.mkdir()
-    (out / ".state").symlink_to(shared)
+    (out / ".state").symlink_to(elsewhere)
     with pytest.raises(InputError, match="symbolic link"):
         _run(src, out)
-    assert (shared.stat().st_mode & 0o777) == 0o755 and list(shared.iterdir()) == []
+    assert (elsewhere.stat().st_mode & 0o777) == 0o755 and list(elsewhere.iterdir()) == []
 
 
 # ------------------------------------------------------------------ 4. bounded work per record
