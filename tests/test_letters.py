@@ -748,3 +748,11 @@ def test_letters_read_courses_and_age_from_the_determination(criteria):
     # what the letter shows follows the determination, not a second reading of the chart
     det.course = {**det.course, "treatments": det.course["treatments"][:1]}
     assert len(render.letter_context(det.referral, det, kind="continuation")["continuation"]["courses"]) == 1
+
+
+def test_a_denial_file_does_not_echo_a_key_that_may_be_data(tmp_path, runner):
+    denial = tmp_path / "denial.yaml"
+    denial.write_text("reason: no steroid trial\nEleanor Whitfield: 1\n")
+    got = runner.invoke(cli, ["letter", str(ROOT / "samples" / "dm-steroid-intolerance.yaml"), "-o",
+                              str(tmp_path / "a.md"), "--denial", str(denial)])
+    assert got.exit_code == 2 and "Eleanor Whitfield" not in got.output and "unknown field" in got.output

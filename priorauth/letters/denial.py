@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +12,20 @@ from ..core.errors import InputError
 # ------------------------------------------------------------------ denial (appeals)
 
 
+_FIELD_LIKE = re.compile(r"[a-z][a-z0-9_]{0,40}\Z")
+
+
 def parse_denial(data: Any, source: str = "denial") -> dict:
     """Check a denial (reason, date, reference, criteria) -> plain dict; InputError names the field."""
     from ..core.codes import _iso_date
 
     if not isinstance(data, dict):
         raise InputError(f"{source}: expected a mapping with reason, date, reference, criteria")
-    unknown = sorted(set(data) - {"reason", "date", "reference", "criteria"})
+    unknown = sorted(set(data) - {"reason", "date", "reference", "criteria"}, key=str)
     if unknown:
-        raise InputError(f"{source}: {unknown[0]}: unknown field (expected reason, date, reference, criteria)")
+        # A field-like key is named (a typo to fix); anything else may be data and is not.
+        shown = unknown[0] if isinstance(unknown[0], str) and _FIELD_LIKE.match(unknown[0]) else "(an unknown key)"
+        raise InputError(f"{source}: {shown}: unknown field (expected reason, date, reference, criteria)")
     reason = data.get("reason")
     if not isinstance(reason, str) or not reason.strip():
         raise InputError(f"{source}: reason: the denial reason is required (text)")
