@@ -97,8 +97,7 @@ def render_letter(determination: Determination, fmt: str = "docx", *, kind: Opti
     ref = determination.referral
     kind = kind or ref.request.request_type
     denial = parse_denial(dict(denial), "denial") if denial is not None else None
-    return render(ref, determination, fmt, kind=kind, draft=draft, template=template, denial=denial,
-                  vocabulary=determination.vocabulary)
+    return render(ref, determination, fmt, kind=kind, draft=draft, template=template, denial=denial)
 
 
 def render_packet(determination: Determination, *, kind: Optional[str] = None,

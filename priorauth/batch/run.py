@@ -315,7 +315,6 @@ class LetterMaker:
 
         self.render = render
         self.formats = formats
-        self.vocabulary = criteria.vocabulary
         self.fast = None
         if "docx" in formats:
             from ..letters.docx_fast import FastDocx
@@ -325,8 +324,7 @@ class LetterMaker:
     def make(self, referral, determination) -> dict[str, bytes]:
         """fmt -> letter bytes, identical to render.render_letter(referral, determination, fmt)."""
         r = self.render
-        ctx = r.letter_context(referral, determination, kind=referral.request.request_type,
-                               vocabulary=self.vocabulary)
+        ctx = r.letter_context(referral, determination, kind=referral.request.request_type)
         out: dict[str, bytes] = {}
         docx = None
         if self.fast is not None:
@@ -787,8 +785,6 @@ def run_batch(input: str | Path, out: str | Path, *, jobs: Optional[int] = None,
     `progress(n)` is called as every n more records are done. InputError for a bad input,
     output folder or format; PriorAuthError when a worker process dies (rerun to resume).
     """
-    from ..criteria.policy import load_criteria
-
     started = time.perf_counter()
     source = Source.open(input)
     formats = tuple(dict.fromkeys(formats))

@@ -31,7 +31,6 @@ class Determination:
     warnings: list[str] = field(default_factory=list)
     safety: list[dict] = field(default_factory=list)
     flat: list = field(default_factory=list, repr=False)  # result.walk(), once
-    vocabulary: Any = field(default=None, repr=False)  # the drug names letters word treatments with
     course: dict = field(default_factory=dict)  # earlier courses of the therapy, patient age (engine.course)
     product: dict = field(default_factory=dict)  # the requested product's brand, HCPCS code, billing unit
 
@@ -117,7 +116,6 @@ def determine(referral: Referral, criteria: Any, warnings: list[str] | None = No
     `warnings` carries what reading the referral noticed (a FHIR import's unmapped data).
     """
     det, known = _decide(referral, criteria, warnings)
-    det.vocabulary = criteria.vocabulary
     det.product = product_of(referral, criteria.products)
     for s in screen_all(referral, criteria, known):
         if s.status != "ok":

@@ -124,7 +124,7 @@ def packet_context(determination, *, kind: Optional[str] = None, denial: Optiona
     letters = letters if letters is not None else render.default_letters()
     det, ref = determination, determination.referral
     kind = kind or ref.request.request_type
-    ctx = letters.context(ref, det, kind=kind, draft=draft, denial=denial, vocabulary=det.vocabulary)
+    ctx = letters.context(ref, det, kind=kind, draft=draft, denial=denial)
     words = letters.words
     pres = ctx["prescriber"]
     attachments = list(attachments)
