@@ -107,7 +107,7 @@ def _has_evidence(req: Any, ref: Referral) -> list:
     def recent(d) -> bool:
         return since is None or (d is not None and since <= d <= on)
 
-    found = [("assessment", i, f"{a.measure} {a.value:g} on {a.date}") for i, a in enumerate(ref.assessments)
+    found = [("assessment", i, f"{a.measure} {a.result if a.value is None else format(a.value, 'g')} on {a.date}") for i, a in enumerate(ref.assessments)
              if a.measure in req.measures and recent(a.date)]
     phrases = req._phrases
     if phrases:

@@ -114,6 +114,8 @@ def _continuation(referral, words: dict, course: dict, therapy_short: str) -> di
     first = Date.fromisoformat(course["first_start"]) if course.get("first_start") else None
     groups: "OrderedDict[str, list]" = OrderedDict()
     for a in referral.assessments:
+        if a.value is None:  # a qualitative result (a screening test) is no measure of change
+            continue
         groups.setdefault(a.measure, []).append(a)
     measures, series, improved = [], [], []
     for key, points in groups.items():
@@ -323,7 +325,8 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     }
     latest: dict[str, Any] = {}
     for a in sorted(ref.assessments, key=lambda a: a.date):
-        latest[a.measure] = f"{num(a.value)}{' ' + a.unit if a.unit else ''} on {us_date(a.date)}"
+        shown = a.result if a.value is None else f"{num(a.value)}{' ' + a.unit if a.unit else ''}"
+        latest[a.measure] = f"{shown} on {us_date(a.date)}"
     ctx["labs"] = latest
     auth = det.authorization()
     if isinstance(auth, dict):

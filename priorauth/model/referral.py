@@ -87,11 +87,26 @@ class Coverage(_Model):
     plan_name: Optional[str] = None
     member_id: Text
     group_number: Optional[str] = None
+    # Revision 2. No plan_type for payer `medicare` means Original Medicare (spec section 1);
+    # criteria/payers.yaml says so as data, the model only records what was sent.
+    plan_type: Optional[Literal["original_medicare", "medicare_advantage", "medicaid", "commercial"]] = None
+    benefit: Optional[Literal["medical", "pharmacy"]] = Field(default=None, description="which benefit pays for the drug")
 
     @field_validator("payer")
     @classmethod
     def _payer_key(cls, value: str) -> str:
         return value.lower()
+
+
+def _checked_npi(value: Any) -> str:
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if text is None:
+        raise ValueError("NPI must be 10 digits, written as text")
+    if not _TEN_DIGITS.fullmatch(text):
+        raise ValueError(f"NPI must be exactly 10 digits, got {len(text)} characters")
+    if not npi_is_valid(text):
+        raise ValueError("NPI check digit is wrong (Luhn check with prefix 80840 fails): check for a typo")
+    return text
 
 
 class Prescriber(_Model):
@@ -106,14 +121,7 @@ class Prescriber(_Model):
     @field_validator("npi", mode="before")
     @classmethod
     def _npi(cls, value: Any) -> str:
-        text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else None
-        if text is None:
-            raise ValueError("NPI must be 10 digits, written as text")
-        if not _TEN_DIGITS.fullmatch(text):
-            raise ValueError(f"NPI must be exactly 10 digits, got {len(text)} characters")
-        if not npi_is_valid(text):
-            raise ValueError("NPI check digit is wrong (Luhn check with prefix 80840 fails): check for a typo")
-        return text
+        return _checked_npi(value)
 
 
 class Diagnosis(_Model):
@@ -182,14 +190,43 @@ class Contraindication(_Model):
 
 class Assessment(_Model):
     measure: Text
-    value: float = Field(ge=-MAX_QUANTITY, le=MAX_QUANTITY)
+    value: Optional[float] = Field(default=None, ge=-MAX_QUANTITY, le=MAX_QUANTITY)
     unit: Optional[str] = None
     date: IsoDate
+    result: Optional[Text] = Field(default=None, description="qualitative result (negative, positive, reactive, nonreactive, text)")
+
+    @model_validator(mode="after")
+    def _value_or_result(self) -> "Assessment":
+        if self.value is None and self.result is None:
+            raise ValueError("an assessment needs a value or a result")
+        return self
 
     @field_validator("measure")
     @classmethod
     def _measure_key(cls, value: str) -> str:
         return value.lower().replace("-", "").replace(" ", "_")
+
+
+class ClinicalSummary(_Model):
+    """Revision 2: the prescriber's own words for the letter's history section."""
+    history: Optional[str] = None
+    goal: Optional[str] = None
+    organ_involvement: list[Text] = []
+
+
+class Facility(_Model):
+    """Revision 2: where the drug is given and billed."""
+    name: Text
+    npi: Optional[str] = None
+    tin: Optional[str] = None
+    address: Optional[str] = None
+    phone: Optional[str] = None
+    fax: Optional[str] = None
+
+    @field_validator("npi", mode="before")
+    @classmethod
+    def _npi(cls, value: Any) -> Optional[str]:
+        return None if value is None else _checked_npi(value)
 
 
 # The contract's therapies (spec section 1); criteria/therapies.yaml says how each is dosed.
@@ -208,6 +245,9 @@ class Request(_Model):
     doses: Optional[int] = Field(default=None, gt=0, le=MAX_QUANTITY)
     start_date: Optional[IsoDate] = None
     site_of_care: Optional[Literal["home", "infusion_center", "hospital_outpatient", "physician_office"]] = None
+    servicing_facility: Optional[Facility] = None
+    place_of_service: Optional[str] = Field(default=None, pattern=r"^[0-9]{2}$",
+                                            description="CMS place-of-service code: 11 office, 12 home, 19/22 hospital outpatient")
 
 
 class Referral(_Model):
@@ -224,6 +264,7 @@ class Referral(_Model):
     contraindications: list[Contraindication] = []
     assessments: list[Assessment] = []
     clinical_course: Optional[Literal["stable", "active", "rapidly_progressive"]] = None
+    clinical_summary: Optional[ClinicalSummary] = None
     request: Request
 
     @field_validator("referral_id")

@@ -110,7 +110,7 @@ def _improvement(node: Improvement, ctx: Context) -> Result:
     improved, worse, open_, ev = [], [], [], []
     for key, rule in node.measures.items():
         series = sorted(((a.date, i, a) for i, a in enumerate(ctx.referral.assessments)
-                         if a.measure == key and a.date <= ctx.as_of), key=lambda x: x[0])
+                         if a.measure == key and a.value is not None and a.date <= ctx.as_of), key=lambda x: x[0])
         before = [x for x in series if x[0] <= start]
         after = [x for x in series if x[0] > start]
         if not before and not after:
