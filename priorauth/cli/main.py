@@ -41,7 +41,7 @@ class LazyGroup(click.Group):
         if name in COMMANDS and name not in self.commands:
             if name not in LONG_RUNNING:
                 # pydantic looks for plugins (the entry points of every installed distribution,
-                # through importlib.metadata) when it builds its first validator: a fifth of a
+                # through importlib.metadata) when it builds its first validator: a large share of a
                 # `check`'s start-up, for plugins a short command never uses. A value of your
                 # own for PYDANTIC_DISABLE_PLUGINS (even empty) lets pydantic decide as usual.
                 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
