@@ -256,7 +256,22 @@ def observations(ctx: Context) -> tuple[list[dict], list[dict], dict]:
             _assessment(ctx, obs, ctx.maps.loinc.assessments[assess_code], day, assessments, findings)
         else:
             _observation_finding(ctx, obs, day, findings)
-    return findings, assessments, {name: round1(value) for name, (_, value) in latest.items()}
+    return findings, _latest_only(ctx, assessments), {name: round1(value) for name, (_, value) in latest.items()}
+
+
+def _latest_only(ctx: Context, assessments: list[dict]) -> list[dict]:
+    """A measure marked `latest_only` in loinc.yaml (creatinine, eGFR: safety screening reads
+    the current value) keeps only its most recent value on or before the referral date; one
+    measured after that date is not yet known on it, and is dropped."""
+    only = {spec.measure for spec in ctx.maps.loinc.assessments.values() if spec.latest_only}
+    if not only:
+        return assessments
+    newest: dict[str, dict] = {}
+    for a in assessments:
+        if a["measure"] in only and a["date"] <= ctx.date.isoformat():
+            if a["measure"] not in newest or a["date"] >= newest[a["measure"]]["date"]:
+                newest[a["measure"]] = a
+    return [a for a in assessments if a["measure"] not in only or newest.get(a["measure"]) is a]
 
 
 def _quantity(obs: dict) -> tuple[Optional[float], str]:
