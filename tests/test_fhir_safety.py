@@ -93,33 +93,24 @@ def test_a_renal_value_after_the_referral_date_is_ignored(tmp_path, criteria):
     assert _renal_warning(det)
 
 
-@pytest.mark.parametrize("snomed,display,code", [
-    ("88805009", "Chronic congestive heart failure (disorder)", "I50.9"),
-    ("42343007", "Congestive heart failure (disorder)", "I50.9"),
-    ("84114007", "Heart failure (disorder)", "I50.9"),
+@pytest.mark.parametrize("snomed,display,code,warning", [
+    ("88805009", "Chronic congestive heart failure (disorder)", "I50.9", "heart failure documented"),
+    ("42343007", "Congestive heart failure (disorder)", "I50.9", "heart failure documented"),
+    ("84114007", "Heart failure (disorder)", "I50.9", "heart failure documented"),
+    ("162864005", "Body mass index 30+ - obesity (finding)", "E66.9", "thrombosis risk"),
+    ("414916001", "Obesity (disorder)", "E66.9", "thrombosis risk"),
+    ("408512008", "Body mass index 40+ - severely obese (finding)", "E66.01", "thrombosis risk"),
 ])
-def test_heart_failure_is_a_diagnosis_and_a_caution(tmp_path, criteria, snomed, display, code):
+def test_heart_failure_and_obesity_are_diagnoses_and_safety_warnings(tmp_path, criteria, snomed, display, code,
+                                                                     warning):
     bundle = copy.deepcopy(BUNDLE)
     _, before = _read(tmp_path, bundle, criteria)
-    assert not any("heart failure documented" in w for w in before.warnings)
+    assert not any(warning in w and code in w for w in before.warnings)
     bundle["entry"].append(_condition(1, snomed, display))
     ref, det = _read(tmp_path, bundle, criteria)
     assert code in [d.code for d in ref.diagnoses]
     assert det.determination == before.determination  # not the disease: the determination is unchanged
-    assert any("heart failure documented" in w and code in w for w in det.warnings)
-
-
-@pytest.mark.parametrize("snomed,display,code", [
-    ("162864005", "Body mass index 30+ - obesity (finding)", "E66.9"),
-    ("414916001", "Obesity (disorder)", "E66.9"),
-    ("408512008", "Body mass index 40+ - severely obese (finding)", "E66.01"),
-])
-def test_obesity_is_a_diagnosis_and_a_thrombosis_risk(tmp_path, criteria, snomed, display, code):
-    bundle = copy.deepcopy(BUNDLE)
-    bundle["entry"].append(_condition(2, snomed, display))
-    ref, det = _read(tmp_path, bundle, criteria)
-    assert code in [d.code for d in ref.diagnoses]
-    assert any("thrombosis risk" in w and code in w for w in det.warnings), det.warnings
+    assert any(warning in w and code in w for w in det.warnings), det.warnings
 
 
 def test_an_unconfirmed_snomed_id_with_another_text_maps_to_nothing(tmp_path, criteria):
