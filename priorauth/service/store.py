@@ -463,17 +463,27 @@ class _AuditWriter:
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, []
-            error: Optional[BaseException] = None
             try:
-                with self.engine.connect().execution_options(write=True) as conn:
-                    with conn.begin():
-                        conn.execute(insert(Audit.__table__), [row for row, _ in batch])
-            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
-                error = exc
+                self._insert([row for row, _ in batch])
+                outcomes: list[Optional[BaseException]] = [None] * len(batch)
+            except Exception:  # noqa: BLE001 - one bad row must not fail the others: one by one
+                outcomes = [self._insert_one(row) for row, _ in batch]
             with self._cond:
-                for _, done in batch:
-                    done.append(error)
+                for (_, done), outcome in zip(batch, outcomes):
+                    done.append(outcome)
                 self._cond.notify_all()
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.connect().execution_options(write=True) as conn:
+            with conn.begin():
+                conn.execute(insert(Audit.__table__), rows)
+
+    def _insert_one(self, row: dict[str, Any]) -> Optional[BaseException]:
+        try:
+            self._insert([row])
+            return None
+        except Exception as exc:  # noqa: BLE001 - handed to that row's caller
+            return exc
 
     def stop(self) -> None:
         with self._cond:

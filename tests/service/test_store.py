@@ -197,3 +197,26 @@ def test_upgrade_from_the_first_migration(backend: str, tmp_path) -> None:
         assert [c.id for c in cases] == ["c1"] and cursor is None
     finally:
         st.close()
+
+
+def test_audit_rows_of_concurrent_requests_all_land(store: Store) -> None:
+    """Audit rows are committed together (group commit): each is in the database when audit()
+    returns, and a row that cannot be written raises in its own caller."""
+    threads = [threading.Thread(target=store.audit, args=(f"u{i}", "case.read", "c1")) for i in range(25)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    users = {a.user for a in store.audit_log(1000) if a.case_id == "c1"}
+    assert users >= {f"u{i}" for i in range(25)}
+    bad = threading.Thread(target=lambda: pytest.raises(Exception, store.audit, None, "x"))  # NOT NULL
+    good = [threading.Thread(target=store.audit, args=(f"v{i}", "case.read", "c2")) for i in range(5)]
+    for t in [bad, *good]:
+        t.start()
+    for t in [bad, *good]:
+        t.join()
+    assert {a.user for a in store.audit_log(1000) if a.case_id == "c2"} == {f"v{i}" for i in range(5)}
+    with pytest.raises(Exception):
+        store.audit(None, "case.read")  # type: ignore[arg-type]
+    store.audit("after", "still.works")
+    assert store.audit_log(1)[0].user == "after"
