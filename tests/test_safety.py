@@ -43,7 +43,7 @@ def test_thrombosis_risk_factors_are_named(decide):
     det = decide(treatments=REFRACTORY + [{"drug": "Premarin", "start_date": "2025-01-01"}],
                  patient={"birth_date": "1950-01-01"})
     message = rules(det)["thrombosis_risk"]["message"]
-    assert "age 76" in message and "Premarin being taken" in message
+    assert "age 76" in message and "conjugated estrogens being taken" in message
 
 
 def test_product_specific_contraindications(decide):

@@ -186,6 +186,7 @@ def test_a_batch_goes_on_past_a_template_that_loops_for_one_record(tmp_path, mon
     assert len(rows) == 2 and "error" in by_status, rows
     bad = [row for row in rows if row["status"] == "error"][0]
     text = " ".join(bad.values())
-    assert "letter.md.j2" in text and "longer than" in text and "Traceback" not in text
+    # the clock or the work budget stops it, whichever comes first on this machine
+    assert "letter.md.j2" in text and ("longer than" in text or "in all" in text) and "Traceback" not in text
     good = [row for row in rows if row["status"] != "error"]
     assert good and list((out / "letters").glob("*.md"))
