@@ -187,3 +187,9 @@ def test_rituximab_policies_cite_no_ivig_document(criteria):
             assert "immune globulin" not in text, p.id
             used = {n.source for n in p.nodes() if n.source}
             assert used <= set(p.sources), p.id
+
+
+def test_a_biosimilar_before_its_pv_label_is_told_which_product_fits(criteria):
+    det = decide(criteria, sample("rtx-pv-biosimilar-before-label.yaml"))
+    assert det.would_fit == [{"criterion": "first_line_indication", "change": {"product": ["Rituxan"]},
+                              "text": "a product that counts on 2025-03-03 fits: Rituxan"}]

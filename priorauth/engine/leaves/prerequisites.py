@@ -242,7 +242,15 @@ def _describe_product_in(node: ProductIn, vocab) -> str:
     return "the product is one of " + ", ".join(f"{p} (from {d})" if d else p for p, d in node.products.items())
 
 
-@register(ProductIn, describe=_describe_product_in)
+def _fit_product_in(node: ProductIn, ctx: Context) -> Optional[dict]:
+    """The listed products that count on the referral date: a product the prescriber can change."""
+    fits = [p for p, since in node.products.items() if since is None or since <= ctx.as_of]
+    if not fits:
+        return None
+    return {"change": {"product": fits}, "text": f"a product that counts on {ctx.as_of} fits: {', '.join(fits)}"}
+
+
+@register(ProductIn, describe=_describe_product_in, fit=_fit_product_in)
 def _product_in(node: ProductIn, ctx: Context) -> Result:
     requested = ctx.referral.request.product
     found = ctx.criteria.products.find(requested)
