@@ -11,6 +11,7 @@ from dateutil.relativedelta import relativedelta
 from .billing import authorization_cycles, billing_block
 from .context import make_context, resolve_treatments
 from .course import course_of, product_of
+from .fit import would_fit
 from .dosing import DEFAULT_ADJUSTED_WEIGHT_BMI, compute as compute_dosing
 from .result import MET, NOT_MET, UNKNOWN, Result
 from .tree import evaluate_node
@@ -35,6 +36,7 @@ class Determination:
     course: dict = field(default_factory=dict)  # earlier courses of the therapy, patient age (engine.course)
     product: dict = field(default_factory=dict)  # the requested product's brand, HCPCS code, billing unit
     billing: Optional[dict] = None  # HCPCS, NDC lines, JW / JZ, administration CPT, place of service (engine.billing)
+    would_fit: list[dict] = field(default_factory=list)  # changes that would meet the policy (engine.fit)
 
     @property
     def referral_id(self) -> str:
@@ -111,6 +113,7 @@ class Determination:
             "warnings": self.warnings,
             "course": self.course,
             "product": self.product,
+            "would_fit": self.would_fit,
         }
 
 
@@ -148,7 +151,8 @@ def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tu
     pathways = [r.node.id for r, _ in flat if r.status == MET and r.node.pathway]
     det = Determination(referral, policy, OUTCOMES[result.status], result, pathways,
                         list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat,
-                        course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy))
+                        course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy),
+                        would_fit=would_fit(result, ctx))
     return det, ctx._facts  # None unless a safety leaf needed them
 
 
