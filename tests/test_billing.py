@@ -239,3 +239,9 @@ def test_spec_example_keeps_its_dosing_and_gains_billing(runner):
     assert got["dosing"]["dispensed_units"] == 280 and got["dosing"]["waste_modifier"] == "JW"
     assert set(got["billing"]) >= {"hcpcs", "unit", "prescribed_units", "lines", "dispensed_units", "waste_units",
                                    "modifier", "administration", "place_of_service"}
+
+
+def test_check_prints_the_billing_block(runner):
+    out = runner.invoke(cli, ["check", str(SPEC_EXAMPLES / "dm-refractory.yaml")]).output
+    assert "Billing:" in out and "3 x 40 g (NDC 44206-0439-40)" in out and "wasted 8 (JW)" in out
+    assert "administration 96365" in out and "place of service: 11 Office" in out
