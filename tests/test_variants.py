@@ -81,8 +81,9 @@ def test_magellan_rituximab_pv_authorizes_12_months(criteria):
     base = decide(criteria, sample("pv-rituximab-first-line.yaml"))
     magellan = decide(criteria, sample("pv-rituximab-first-line.yaml", coverage__payer="magellan"))
     assert base.authorization()["months"] == 6 and base.authorization()["end"] == "2027-04-13"
-    assert magellan.authorization() == {"start": "2026-10-14", "end": "2027-10-13", "months": 12,
-                                        "reauthorization_due": "2027-09-13"}
+    # the period (the cycles that fit in it: test_billing)
+    assert magellan.authorization().items() >= {"start": "2026-10-14", "end": "2027-10-13", "months": 12,
+                                                "reauthorization_due": "2027-09-13"}.items()
 
 
 def test_bcbs_nc_preferred_products(criteria):
@@ -146,8 +147,8 @@ def test_versions_coexist_and_the_one_in_effect_applies(tmp_path):
 
 def test_authorization_period_only_when_met(criteria):
     met = decide(criteria, sample("dm-steroid-intolerance.yaml"))
-    assert met.to_dict()["authorization"] == {"start": "2026-11-16", "end": "2027-05-15", "months": 6,
-                                              "reauthorization_due": "2027-04-15"}
+    assert met.to_dict()["authorization"].items() >= {"start": "2026-11-16", "end": "2027-05-15", "months": 6,
+                                                      "reauthorization_due": "2027-04-15"}.items()
     missing = decide(criteria, sample("pm-undated-steroid-trial.yaml"))
     assert missing.to_dict()["authorization"] is None
 

@@ -26,10 +26,21 @@ def lint_criteria(root: Path | None = None) -> tuple[list[str], int]:
         problems += _vocabulary(vocab, root / "drugs.yaml")
     except CriteriaError as exc:
         return [str(exc)], 0
+    products = None
     try:
-        P.load_model(P.ProductTable, root / "products.yaml")
+        products = P.load_model(P.ProductTable, root / "products.yaml")
     except CriteriaError as exc:
         problems.append(str(exc))
+    for brand, product in (products.products.items() if products else ()):
+        if not product.vials:
+            problems.append(f"{root / 'products.yaml'}: products.{brand}.vials: no vial sizes (nothing to dispense)")
+        if not product.source:
+            problems.append(f"{root / 'products.yaml'}: products.{brand}.source: no named source")
+    if (root / "billing.yaml").exists():
+        try:
+            P.load_model(P.BillingTable, root / "billing.yaml")
+        except CriteriaError as exc:
+            problems.append(str(exc))
     try:
         raw = P.load_raw_policies(root)
     except CriteriaError as exc:
@@ -49,6 +60,9 @@ def lint_criteria(root: Path | None = None) -> tuple[list[str], int]:
         except CriteriaError as exc:
             problems.append(str(exc))
     for rid, rule in safety.rules.items():
+        for name in rule.products if products else []:
+            if name not in products.products:
+                problems.append(f"{root / 'safety.yaml'}: rules.{rid}.products: {name!r} is not a product of products.yaml")
         for cls in rule.when.drug_classes if rule.when else []:
             if cls not in vocab.classes:
                 problems.append(f"{root / 'safety.yaml'}: rules.{rid}.when.drug_classes: unknown class {cls!r}")

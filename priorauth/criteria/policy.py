@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..core.errors import CriteriaError
 from ..core.codes import IsoDate, normalize_icd10
@@ -160,31 +160,112 @@ class BillingUnit(_Strict):
     of: Literal["g", "mg"]
 
 
+class Vial(_Strict):
+    """One presentation of a product: its size (in the product's vial_unit) and its NDC."""
+
+    size: float = Field(gt=0)
+    ndc: Optional[str] = Field(default=None, pattern=r"^\d{5}-\d{4}-\d{2}$",
+                               description="11-digit NDC, 5-4-2, as billed; null when not known")
+    ndc_product: Optional[str] = Field(default=None, pattern=r"^\d{5}-\d{4}$",
+                                       description="labeler-product NDC when only that is known")
+    verified: bool = True
+    source: Optional[str] = None
+
+
 class Product(_Strict):
     therapy: Therapy
+    therapies: list[Therapy] = Field(default=[], description="every therapy it may be requested for; empty: [therapy]")
     hcpcs: str
+    hcpcs_candidate: Optional[str] = Field(default=None, description="a code expected to replace `hcpcs`, not verified")
     unit: BillingUnit
-    vials: list[float] = []
+    vials: list[Vial] = []
     vial_unit: Literal["g", "mg"] = "g"
     aliases: list[str] = []
     stabilizer: Optional[str] = None
+    excipients: list[str] = []
     verified: bool = True
     note: Optional[str] = None
+    source: Optional[str] = None
 
-    @field_validator("hcpcs")
+    @field_validator("vials", mode="before")
     @classmethod
-    def _hcpcs(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-V]\d{4}", value):
+    def _bare_sizes(cls, value: Any) -> Any:
+        # The table's first format listed bare sizes: still read, as sizes with no NDC.
+        if isinstance(value, list):
+            return [{"size": v, "verified": False} if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                    for v in value]
+        return value
+
+    @field_validator("hcpcs", "hcpcs_candidate")
+    @classmethod
+    def _hcpcs(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not re.fullmatch(r"[A-V]\d{4}", value):
             raise ValueError(f"{value!r} is not a HCPCS Level II code (letter and four digits)")
         return value
+
+    @model_validator(mode="after")
+    def _main_therapy_listed(self) -> "Product":
+        if self.therapies and self.therapy not in self.therapies:
+            raise ValueError(f"therapies: must include the product's therapy {self.therapy!r}")
+        return self
+
+    def usable_for(self, therapy: str) -> bool:
+        return therapy in (self.therapies or (self.therapy,))
+
+
+class WasteModifiers(_Strict):
+    waste: str
+    no_waste: str
+    effective: IsoDate
+    source: str
+    verified: bool = True
+
+
+class AmbiguousName(_Strict):
+    """A name that stands for more than one product: read as `product`, with a warning."""
+
+    product: str
+    warning: str
 
 
 class ProductTable(_Strict):
     products: dict[str, Product]
+    waste_modifiers: Optional[WasteModifiers] = None
+    ambiguous: dict[str, AmbiguousName] = {}
+
+    @model_validator(mode="after")
+    def _ambiguous_names_resolve(self) -> "ProductTable":
+        for name, amb in self.ambiguous.items():
+            if amb.product not in self.products:
+                raise ValueError(f"ambiguous.{name}.product: {amb.product!r} is not a product of the table")
+        return self
 
     @cached_property
     def _index(self) -> dict[str, str]:
-        return {name_key(n): brand for brand, p in self.products.items() for n in (brand, *p.aliases)}
+        index = {name_key(n): self.ambiguous[n].product for n in self.ambiguous}
+        index.update({name_key(n): brand for brand, p in self.products.items() for n in (brand, *p.aliases)})
+        return index
+
+    @cached_property
+    def _ambiguity(self) -> dict[str, str]:
+        return {name_key(n): a.warning for n, a in self.ambiguous.items()}
+
+    def ambiguity(self, name: str) -> Optional[str]:
+        """The warning for a name that stands for several products (None for an exact one)."""
+        if not self._ambiguity or type(name) is not str:
+            return None
+        cache = self._ambiguity_cache  # asked once a referral, for the same few names
+        try:
+            return cache[name]
+        except KeyError:
+            found = self._ambiguity.get(name_key(name))
+            if len(cache) < NAME_CACHE_SIZE:
+                cache[name] = found
+            return found
+
+    @cached_property
+    def _ambiguity_cache(self) -> dict[str, Optional[str]]:
+        return {}
 
     def find(self, name: str) -> Optional[tuple[str, Product]]:
         cache = self._find_cache  # asked several times a referral, for the same few names
@@ -200,6 +281,48 @@ class ProductTable(_Strict):
     @cached_property
     def _find_cache(self) -> dict[str, Optional[tuple[str, Product]]]:
         return {}
+
+
+class AdminCode(_Strict):
+    cpt: str = Field(pattern=r"^([0-9]{5}|[A-V][0-9]{4})$")
+    description: str
+    units: Literal["per_infusion_day", "per_dose", "infusion_record"]
+    rule: Optional[str] = None
+    note: Optional[str] = None
+    source: str
+    verified: bool = True
+
+
+class PosCode(_Strict):
+    name: str
+    verified: bool = True
+
+
+class PosFromSite(_Strict):
+    code: str = Field(pattern=r"^[0-9]{2}$")
+    verified: bool = True
+    note: Optional[str] = None
+
+
+class PlaceOfService(_Strict):
+    source: str
+    codes: dict[str, PosCode]
+    from_site_of_care: dict[str, PosFromSite] = {}
+
+    @model_validator(mode="after")
+    def _known_codes(self) -> "PlaceOfService":
+        for site, pos in self.from_site_of_care.items():
+            if pos.code not in self.codes:
+                raise ValueError(f"from_site_of_care.{site}.code: {pos.code!r} is not in codes")
+        return self
+
+
+class BillingTable(_Strict):
+    """criteria/billing.yaml: administration codes and place of service."""
+
+    administration: dict[Therapy, list[AdminCode]]
+    home_administration: dict[Therapy, list[AdminCode]] = {}
+    place_of_service: PlaceOfService
 
 
 # ------------------------------------------------------------------ policy tree
@@ -403,6 +526,7 @@ class SafetyWhen(_Strict):
     diagnosis_codes: list[IcdCode] = Field(default=[], description="ICD-10-CM codes or prefixes")
     text: list[str] = Field(default=[], description="phrases found in diagnoses, contraindications, findings, details")
     drug_classes: list[str] = Field(default=[], description="a drug of these classes being taken on the referral date")
+    drug_names: list[str] = Field(default=[], description="a drug whose name (or generic) contains one of these, being taken on the referral date")
     age_at_least: Optional[int] = None
     bmi_at_least: Optional[float] = None
 
@@ -412,6 +536,10 @@ class SafetyWhen(_Strict):
         safety._risk_factors asks, derived once rather than on every screen."""
         return (self.age_at_least, self.bmi_at_least, tuple(self.diagnosis_codes), self.drug_classes,
                 tuple(w.casefold() for w in self.text))
+
+    @cached_property
+    def _names(self) -> tuple[str, ...]:
+        return tuple(n.casefold() for n in self.drug_names)
 
 
 class SafetyRequire(_Strict):
@@ -457,6 +585,7 @@ class Criteria:
     therapies: dict[str, TherapySpec]
     policies: list[Policy] = field(default_factory=list)
     safety: SafetyRules = field(default_factory=lambda: SafetyRules(rules={}))
+    billing: Optional[BillingTable] = None  # criteria/billing.yaml (none: no billing block)
     selection_cache: dict = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -537,7 +666,9 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     policies = [build_policy(key, raw) for key, (_, data) in raw.items() if not data.get("abstract")]
     safety_file = root / "safety.yaml"
     safety = load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
-    loaded = Criteria(root, vocabulary, products, therapies, policies, safety)
+    billing_file = root / "billing.yaml"
+    billing = load_model(BillingTable, billing_file) if billing_file.exists() else None
+    loaded = Criteria(root, vocabulary, products, therapies, policies, safety, billing=billing)
     if cached is not None:
         cache.store(root, cached[0], loaded)
     return loaded

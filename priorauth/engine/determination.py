@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any, Optional
 
 from ..core.dates import add_months
+from .billing import authorization_cycles, billing_block
 from .context import make_context, resolve_treatments
 from .course import course_of, product_of
 from .fit import would_fit
@@ -33,6 +34,7 @@ class Determination:
     flat: list = field(default_factory=list, repr=False)  # result.walk(), once
     course: dict = field(default_factory=dict)  # earlier courses of the therapy, patient age (engine.course)
     product: dict = field(default_factory=dict)  # the requested product's brand, HCPCS code, billing unit
+    billing: Optional[dict] = None  # HCPCS, NDC lines, JW / JZ, administration CPT, place of service (engine.billing)
     would_fit: list[dict] = field(default_factory=list)  # changes that would meet the policy (engine.fit)
 
     @property
@@ -86,7 +88,8 @@ class Determination:
         start = self.referral.request.start_date or self.referral.date
         end = add_months(start, auth.months) - timedelta(days=1)
         return {"start": start.isoformat(), "end": end.isoformat(), "months": auth.months,
-                "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat()}
+                "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat(),
+                **authorization_cycles(self.referral, self.dosing, start, end)}
 
     def policy_ref(self) -> Optional[dict]:
         return dict(self.policy.reference) if self.policy else None
@@ -104,6 +107,7 @@ class Determination:
             "reasons": self.reasons(),
             "dosing": self.dosing,
             "authorization": self.authorization(),
+            "billing": self.billing,
             "safety": self.safety,
             "warnings": self.warnings,
             "course": self.course,
@@ -119,6 +123,7 @@ def determine(referral: Referral, criteria: Any, warnings: list[str] | None = No
     """
     det, known = _decide(referral, criteria, warnings)
     det.product = product_of(referral, criteria.products)
+    det.billing = billing_block(referral, det.dosing, criteria.products, getattr(criteria, "billing", None))
     for s in screen_all(referral, criteria, known):
         if s.status != "ok":
             det.safety.append({"rule": s.rule_id, "label": s.rule.label, "status": s.status, "message": s.message})

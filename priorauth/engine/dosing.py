@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any, Optional
 
 from ..core.numbers import round1
+from .dispense import dispensing
 from ..model.referral import Patient, Referral
 
 CM_PER_INCH = 2.54
@@ -103,7 +104,9 @@ def compute(referral: Referral, products: Any, therapy: Any, bmi_threshold: floa
         brand, product = name, None
     else:
         brand, product = found
-        if product.therapy != req.therapy:
+        if (ambiguous := products.ambiguity(name)) is not None:
+            warnings.append(ambiguous)
+        if not product.usable_for(req.therapy):
             warnings.append(f"product {brand} is {product.therapy}, but the request is for {req.therapy}")
         if not product.verified:
             warnings.append(f"HCPCS code {product.hcpcs} for {brand} is not verified: {product.note or 'check the payer'}")
@@ -114,7 +117,8 @@ def compute(referral: Referral, products: Any, therapy: Any, bmi_threshold: floa
         units = math.ceil(req.dose_mg / product.unit.amount) if product and product.unit.of == "mg" else None
         return {"hcpcs": hcpcs, "product": brand, "dose_mg": req.dose_mg, "doses": req.doses,
                 "billing_units_per_dose": units,
-                "billing_unit": _unit_text(product.unit.amount, product.unit.of) if product else None}
+                "billing_unit": _unit_text(product.unit.amount, product.unit.of) if product else None,
+                **_dispensed(products, product, req.dose_mg, units, warnings, "mg")}
     weight = weight or dosing_weight(referral.patient, bmi_threshold)
     if weight.note:
         warnings.append(weight.note)
@@ -141,7 +145,17 @@ def compute(referral: Referral, products: Any, therapy: Any, bmi_threshold: floa
         "grams_per_day": round1(grams / days) if days else None,
         "interval_weeks": req.interval_weeks,
         "cycles": req.cycles,
+        # what is dispensed (spec rule "vials and NDCs"): billing_units_per_cycle stays the prescribed dose
+        **_dispensed(products, product, grams, units, warnings, "g"),
     }
+
+
+def _dispensed(products: Any, product: Any, dose: float, units: Optional[int], warnings: list[str], of: str) -> dict:
+    """The dispensing keys (engine.dispense), all null when the product or its unit is unknown."""
+    if product is None or product.unit.of != of:
+        total = "dispensed_mg" if of == "mg" else "dispensed_grams"
+        return {"vials": None, total: None, "dispensed_units": None, "waste_units": None, "waste_modifier": None}
+    return dispensing(product, dose, units, products.waste_modifiers, warnings)
 
 
 @lru_cache(maxsize=None)

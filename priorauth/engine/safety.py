@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import calendar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any, Optional
 
@@ -56,19 +56,22 @@ class Facts:
     bmi: Optional[float]
     texts: list[tuple[str, int, str]]
     current: list[tuple[int, str, Optional[str], str]]  # treatments taken on the date: (index, generic, route, name)
+    taking: list[tuple[int, str, str]] = field(default_factory=list)  # every drug taken on the date, known or not: (index, name, generic or "") case-folded
 
 
 def facts(ref: Referral, vocab: Any) -> Facts:
     p, on = ref.patient, ref.date
-    current = []
+    current, taking = [], []
     for i, t in enumerate(ref.treatments):
         name = t.drug
         generic = vocab.generic(name)
-        if generic and ((end := t.end_date) is None or end >= on):
-            current.append((i, generic, t.route, name))
+        if (end := t.end_date) is None or end >= on:
+            if generic:
+                current.append((i, generic, t.route, name))
+            taking.append((i, name.casefold(), (generic or "").casefold()))
     weight, height = p.weight_kg, p.height_cm
     return Facts(ref, age_years(p.birth_date, on), bmi(weight, height) if weight and height else None,
-                 _texts(ref), current)
+                 _texts(ref), current, taking)
 
 
 def _risk_factors(when: Any, f: Facts, vocab: Any) -> tuple[list[str], list]:
@@ -89,6 +92,13 @@ def _risk_factors(when: Any, f: Facts, vocab: Any) -> tuple[list[str], list]:
             if any(vocab.in_class(generic, c, route) for c in drug_classes):
                 factors.append(f"{generic} being taken")
                 evidence.append(("treatment", i, name))
+    names = when._names
+    if names:
+        for i, name, generic in f.taking:
+            if any(n in name or (generic and n in generic) for n in names):
+                label = f.ref.treatments[i].drug
+                factors.append(f"{label} being taken")
+                evidence.append(("treatment", i, label))
     if phrases:
         for kind, i, text in f.texts:
             for hit in phrases:  # the first phrase found names the factor
