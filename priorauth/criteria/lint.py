@@ -88,7 +88,7 @@ def _policy(pol: P.Policy, vocab: P.Vocabulary, safety: P.SafetyRules) -> list[s
     for node in pol.nodes():
         at = f"{where}: node {node.id}"
         if not node.source:
-            out.append(f"{at}: source: every rule must cite a named source")
+            out.append(f"{at}: source: every rule must cite a source, named in the policy's sources")
         elif node.source not in pol.sources:
             out.append(f"{at}: source: {node.source!r} is not among the policy's sources ({', '.join(pol.sources)})")
         elif not _named(pol.sources[node.source].citation):

@@ -37,6 +37,11 @@ class SiteOfCare(NodeBase):
     allowed: list[Site] = []
     refused: list[Site] = []
     refused_reason: Optional[str] = None
+    # CMS place-of-service code -> site (data: `request.place_of_service` read beside the site)
+    place_of_service_sites: dict[str, Site] = {}
+    # no site and no place of service: unknown, or met with a warning to document it (a rule
+    # that only refuses a site the request would have to state)
+    if_unstated: Literal["unknown", "warn"] = "unknown"
 
     @model_validator(mode="after")
     def _some_rule(self) -> "SiteOfCare":
@@ -95,8 +100,19 @@ def _describe_site(node: SiteOfCare, vocab) -> str:
 
 @register(SiteOfCare, describe=_describe_site)
 def _site_of_care(node: SiteOfCare, ctx: Context) -> Result:
-    site = ctx.referral.request.site_of_care
+    req = ctx.referral.request
+    site, pos = req.site_of_care, req.place_of_service
+    pos_site = node.place_of_service_sites.get(pos) if pos else None
+    if site and pos_site and site != pos_site and node.refused and {site, pos_site} & set(node.refused):
+        return _leaf(node, UNKNOWN, f"the site of care ({humanize(site)}) and the place of service ({pos}: "
+                     f"{humanize(pos_site)}) disagree", [Evidence("request", None, f"site of care: {humanize(site)}"),
+                                                         Evidence("request", None, f"place of service {pos}")],
+                     missing=[node.document or "the planned site of care (the site and the place of service disagree)"])
+    site = site or pos_site
     if site is None:
+        if node.if_unstated == "warn":
+            ctx.warnings.append(f"site of care not stated: {node.document or 'document the planned site of care'}")
+            return _leaf(node, MET, "the site of care is not stated (assumed not to be a refused site; document it)")
         return _leaf(node, UNKNOWN, "the site of care is not stated", missing=[node.document or "the planned site of care"])
     if site in node.refused:
         why = f": {node.refused_reason}" if node.refused_reason else ""
