@@ -184,7 +184,12 @@ def required_facts(ref, det) -> list[str]:
         facts += [f"{d['dose_mg']:,.0f} mg", f"{d['billing_units_per_dose']} units"]
     facts += [r.node.label for r, _ in det.result.walk() if r.node.pathway and r.status == "met"]
     facts += [t.drug for t in ref.treatments]
-    cited = {r.node.source for r, _ in det.result.walk() if r.status == "met" and not r.children}
+    # Sources of the met leaves the decision rests on (every ancestor met too: a met
+    # "diagnosis is BP" inside a failed BP-only branch decides nothing).
+    status = {}
+    for r, parent in det.result.walk():
+        status[r.node.id] = r.status == "met" and status.get(parent, True)
+    cited = {r.node.source for r, _ in det.result.walk() if status[r.node.id] and not r.children}
     facts += [det.policy.sources[k].citation for k in cited if k in det.policy.sources]
     facts += [det.policy.sources[k].citation for k in det.policy.literature]
     return facts

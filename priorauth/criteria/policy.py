@@ -44,11 +44,16 @@ class DrugClass(_Strict):
     label: str
     systemic_routes: list[str] = []
     includes: list[str] = []
+    # Infusions given within this many weeks are one course, judged from its first infusion
+    # (spec revision 2, rituximab courses).
+    course_within_weeks: Optional[float] = Field(default=None, gt=0)
 
 
 class Drug(_Strict):
     classes: list[str]
     default_route: Optional[str] = None
+    # mg of prednisone per mg of this drug (systemic corticosteroids; dose adequacy)
+    prednisone_equivalent: Optional[float] = Field(default=None, gt=0)
     brands: list[str] = []
     aliases: list[str] = []
 
@@ -117,6 +122,14 @@ class Vocabulary(_Strict):
     @cached_property
     def _in_class_cache(self) -> dict[tuple, bool]:
         return {}
+
+    def course_weeks(self, class_id: str) -> Optional[float]:
+        """The course window of a class (or of a class it includes), or None."""
+        for cid in self.members(class_id):
+            c = self.classes.get(cid)
+            if c is not None and c.course_within_weeks:
+                return c.course_within_weeks
+        return None
 
     def label(self, class_id: str) -> str:
         found = self._labels.get(class_id)

@@ -10,6 +10,7 @@ from dateutil.relativedelta import relativedelta
 
 from .context import make_context, resolve_treatments
 from .course import course_of, product_of
+from .fit import would_fit
 from .dosing import DEFAULT_ADJUSTED_WEIGHT_BMI, compute as compute_dosing
 from .leaves.label import label_status
 from .result import MET, NOT_MET, UNKNOWN, Result
@@ -37,6 +38,7 @@ class Determination:
     prior_authorization: Optional[dict] = None  # does the line of business do prior authorization (payers.yaml)
     label: Optional[dict] = None  # the product's FDA-label status for this diagnosis and age (labels.yaml)
     baseline_for_payer: Optional[str] = None  # the payer whose referral got the baseline (no variant of its own)
+    would_fit: list[dict] = field(default_factory=list)  # changes that would meet the policy (engine.fit)
 
     @property
     def referral_id(self) -> str:
@@ -116,6 +118,7 @@ class Determination:
             "product": self.product,
             "prior_authorization": self.prior_authorization,
             "label": self.label,
+            "would_fit": self.would_fit,
         }
 
 
@@ -166,7 +169,7 @@ def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tu
     det = Determination(referral, policy, OUTCOMES[result.status], result, pathways,
                         list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat,
                         course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy),
-                        baseline_for_payer=baseline_for)
+                        baseline_for_payer=baseline_for, would_fit=would_fit(result, ctx))
     return det, ctx._facts  # None unless a safety leaf needed them
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Union
 from pydantic import Discriminator, Tag
 
 from ..nodes import COMBINATORS, AllOf, AnyOf, AtLeast
-from . import continuation, diagnosis, history, label, limits, payer, safety  # noqa: F401  (importing registers them)
+from . import continuation, diagnosis, history, label, limits, payer, safety, scope  # noqa: F401  (importing registers them)
 from .limits import Dosing
 from .registry import BY_MODEL, LEAF_TYPES, LeafType, register
 

@@ -55,7 +55,18 @@ def _brand(ctx: Context, name: str) -> str:
     return found[0] if found else name
 
 
-@register(ProductPreferred, describe=lambda node, vocab: "one of " + ", ".join(node.products) + ", or one of them tried first")
+def _fit_product(node: ProductPreferred, ctx: Context) -> dict:
+    preferred = list(dict.fromkeys(_brand(ctx, p) for p in node.products))
+    return {"change": {"product": preferred}, "text": f"a preferred product fits: {', '.join(preferred)}"}
+
+
+def _fit_specialty(node: PrescriberSpecialty, ctx: Context) -> dict:
+    wanted = " or ".join(node.specialties)
+    return {"change": {"prescriber_specialty": list(node.specialties)}, "text": f"a prescriber whose specialty is {wanted}"}
+
+
+@register(ProductPreferred, describe=lambda node, vocab: "one of " + ", ".join(node.products) + ", or one of them tried first",
+          fit=_fit_product)
 def _product_preferred(node: ProductPreferred, ctx: Context) -> Result:
     req = ctx.referral.request
     product = _brand(ctx, req.product)
@@ -76,7 +87,8 @@ def _product_preferred(node: ProductPreferred, ctx: Context) -> Result:
                  f"({', '.join(preferred)}) was tried first")
 
 
-@register(PrescriberSpecialty, describe=lambda node, vocab: "prescribed by " + " or ".join(node.specialties))
+@register(PrescriberSpecialty, describe=lambda node, vocab: "prescribed by " + " or ".join(node.specialties),
+          fit=_fit_specialty)
 def _prescriber_specialty(node: PrescriberSpecialty, ctx: Context) -> Result:
     specialty = ctx.referral.prescriber.specialty
     wanted = " or ".join(node.specialties)
@@ -86,6 +98,20 @@ def _prescriber_specialty(node: PrescriberSpecialty, ctx: Context) -> Result:
     if any(s.casefold() in specialty.casefold() for s in node.specialties):
         return _leaf(node, MET, f"prescribed by {specialty}", [Evidence("prescriber", None, specialty)])
     return _leaf(node, NOT_MET, f"prescriber specialty is {specialty}; the policy requires {wanted}")
+
+
+SITES = ("physician_office", "infusion_center", "hospital_outpatient", "home")  # the referral's values
+
+
+def _fit_site(node: SiteOfCare, ctx: Context) -> dict:
+    sites = [s for s in (node.allowed or SITES) if s not in node.refused]
+    return {"change": {"site_of_care": sites}, "text": "a site of care the policy pays for: "
+            + ", ".join(humanize(s) for s in sites)}
+
+
+def _fit_not_excluded(node: ProductNotExcluded, ctx: Context) -> dict:
+    return {"change": {"product_not": list(node.products)},
+            "text": "any immune globulin product other than " + ", ".join(node.products)}
 
 
 def _describe_site(node: SiteOfCare, vocab) -> str:
@@ -98,7 +124,7 @@ def _describe_site(node: SiteOfCare, vocab) -> str:
     return "; ".join(parts)
 
 
-@register(SiteOfCare, describe=_describe_site)
+@register(SiteOfCare, describe=_describe_site, fit=_fit_site)
 def _site_of_care(node: SiteOfCare, ctx: Context) -> Result:
     req = ctx.referral.request
     site, pos = req.site_of_care, req.place_of_service
@@ -135,7 +161,8 @@ class ProductNotExcluded(NodeBase):
     reason: Optional[str] = None
 
 
-@register(ProductNotExcluded, describe=lambda node, vocab: "not one of " + ", ".join(node.products))
+@register(ProductNotExcluded, describe=lambda node, vocab: "not one of " + ", ".join(node.products),
+          fit=lambda node, ctx: _fit_not_excluded(node, ctx))
 def _product_not_excluded(node: ProductNotExcluded, ctx: Context) -> Result:
     product = _brand(ctx, ctx.referral.request.product)
     if product in [_brand(ctx, p) for p in node.products]:
