@@ -249,7 +249,8 @@ class Document(_Strict):
 
     def to_dict(self) -> dict:
         return {"number": self.number, "title": self.title, "date": self.date, "section": self.section,
-                "url": self.url, "publisher": self.publisher, "verified": self.verified}
+                "url": self.url, "publisher": self.publisher, "verified": self.verified,
+                "basis": list(self.basis), "citation": self.cite()}
 
 
 class Authorization(_Strict):
