@@ -84,6 +84,10 @@ SAMPLE_EXPECTED = {
     "bp-low-dose-prednisone.yaml": ("not_eligible", set()),
     "pf-rituximab-course-failure.yaml": ("meets_criteria", {"first_line_failure"}),
     "pf-dapsone-undated.yaml": ("missing_documentation", set()),
+    # SCIG: maintenance after IVIG (baseline), not covered by Medicare
+    "scig-dm-maintenance.yaml": ("meets_criteria", {"refractory_to_steroids"}),
+    "scig-dm-medicare.yaml": ("not_eligible", {"refractory_to_steroids"}),
+    "scig-dm-undated-ivig.yaml": ("missing_documentation", {"refractory_to_steroids"}),
 }
 
 

@@ -1,4 +1,5 @@
-"""Leaves that narrow a part of a policy to some of its diagnoses (a rule for one disease)."""
+"""Leaves about a policy's scope: a rule for some of its diagnoses only, and a payer that
+does not cover a therapy at all."""
 
 from __future__ import annotations
 
@@ -30,3 +31,15 @@ def _diagnosis_in(node: DiagnosisIn, ctx: Context) -> Result:
             label = f"{d.code} {d.description}" if d.description else d.code
             return _leaf(node, MET, f"{label} is among {', '.join(node.codes)}", [Evidence("diagnosis", i, label)])
     return _leaf(node, NOT_MET, f"this applies to {', '.join(node.codes)} only")
+
+
+class NotCovered(NodeBase):
+    """A payer that does not cover the therapy for these diagnoses at all; `reason` says why."""
+
+    type: Literal["not_covered"]
+    reason: str = Field(min_length=1)
+
+
+@register(NotCovered, describe=lambda node, vocab: f"not covered: {node.reason}")
+def _not_covered(node: NotCovered, ctx: Context) -> Result:
+    return _leaf(node, NOT_MET, node.reason)
