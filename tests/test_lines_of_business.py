@@ -146,3 +146,10 @@ def test_spec_examples_state_their_line_of_business(runner):
         got = json.loads(runner.invoke(cli, ["check", str(SPEC_EXAMPLES / name), "--json"]).output)
         assert got["prior_authorization"]["required"] is False
         assert got["determination"] == "meets_criteria"
+
+
+def test_a_medicare_variant_naming_no_line_of_business_serves_both(criteria):
+    from datetime import date
+    for plan in (None, "original_medicare", "medicare_advantage"):
+        p = criteria.select_policy("scig", ["M33.12"], "medicare", date(2026, 11, 1), plan)
+        assert p.id == "medicare-scig-myositis", plan

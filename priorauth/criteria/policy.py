@@ -766,7 +766,9 @@ def _candidates(criteria: Criteria, therapy: str, code: str, payer: str,
         if rules_of:
             # A Medicare Advantage plan follows Medicare's coverage rules: a payer's own
             # commercial variant does not apply unless it names this line of business.
-            own = [p for p in covering if p.payer == payer and lob in p.plan_types]
+            # (The rules' own payer: a variant naming no line of business applies to all of them.)
+            own = [p for p in covering if p.payer == payer and (lob in p.plan_types or
+                                                                 (payer == rules_of and not p.plan_types))]
             other = [p for p in covering if p.payer == rules_of and p.applies_to(lob)] if rules_of != payer else []
         else:
             own = [p for p in covering if p.payer == payer and p.applies_to(lob)]
