@@ -6,11 +6,13 @@ Starts `priorauth serve` in a subprocess on a free loopback port over a fresh da
 seeds the cases straight into the store (a few real determinations, copied), signs each client
 in through the form, then has every client alternate worklist pages (50 rows, random page,
 filter and sort) and case pages until the time or request budget runs out. Prints p50/p95.
+The clients are asyncio tasks in this process (not the server's): see `run_clients`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import re
 import socket
@@ -18,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -65,6 +66,50 @@ def sign_in(client: httpx.Client) -> None:
         raise SystemExit(f"sign-in failed: {r.status_code}")
 
 
+STATUSES = ["", "", "ready", "missing_documentation", "not_eligible"]
+SORTS = ["updated", "due", "status", "payer", "patient"]
+
+
+async def run_clients(port: int, ids: list[str], cookies: list[str], seconds: float, requests: int):
+    """One asyncio task per client, each on its own keep-alive connection, speaking just enough
+    HTTP/1.1 to send a GET and read a Content-Length answer: the client process costs little CPU,
+    so the figures are the server's (threads of httpx clients spent about as much CPU as the server)."""
+    times: dict[str, list[float]] = {"worklist": [], "case": []}
+    errors: list[str] = []
+    budget = [requests]
+    deadline = time.monotonic() + seconds
+
+    async def client(n: int) -> None:
+        rnd = random.Random(n)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.monotonic() < deadline and budget[0] > 0:
+                budget[0] -= 1
+                if rnd.random() < 0.5:
+                    kind = "worklist"
+                    url = (f"/?status={rnd.choice(STATUSES)}&sort={rnd.choice(SORTS)}"
+                           f"&order={rnd.choice(['asc', 'desc'])}&page={rnd.randint(1, 20)}")
+                else:
+                    kind, url = "case", f"/cases/{rnd.choice(ids)}"
+                start = time.perf_counter()
+                writer.write(f"GET {url} HTTP/1.1\r\nHost: 127.0.0.1\r\nCookie: {cookies[n]}\r\n\r\n".encode())
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))
+                await reader.readexactly(length)
+                elapsed = time.perf_counter() - start
+                if status != 200:
+                    errors.append(f"{status} {kind}")
+                times[kind].append(elapsed)
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(n) for n in range(len(cookies))))
+    times["wall"] = [time.perf_counter() - t0]
+    return times, errors
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=10_000)
@@ -72,12 +117,22 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--requests", type=int, default=4000)
     ap.add_argument("--workers", type=int, default=2, help="serve --workers (one per core)")
+    ap.add_argument("--copy-of", type=Path, default=None,
+                    help="start from a copy of this data folder (an earlier run's seed) instead of seeding")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="priorauth-load-"))
     data = tmp / "data"
     t0 = time.perf_counter()
-    ids = seed(data, args.cases)
-    print(f"seeded {len(ids)} cases in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.copy_of:
+        import shutil
+        import sqlite3
+
+        shutil.copytree(args.copy_of, data)
+        with sqlite3.connect(data / "cases.sqlite3") as db:
+            ids = [r[0] for r in db.execute("SELECT id FROM cases")]
+    else:
+        ids = seed(data, args.cases)
+    print(f"{'copied' if args.copy_of else 'seeded'} {len(ids)} cases in {time.perf_counter() - t0:.1f} s", flush=True)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-c", "from priorauth.service.cli import serve; serve()",
                                "--host", "127.0.0.1", "--port", str(port), "--data", str(data),
@@ -91,44 +146,13 @@ def main() -> int:
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
-        times: dict[str, list[float]] = {"worklist": [], "case": []}
-        errors: list[str] = []
-        lock = threading.Lock()
-        budget = [args.requests]
-        deadline = time.monotonic() + args.seconds
-        statuses = ["", "", "ready", "missing_documentation", "not_eligible"]
-        sorts = ["updated", "due", "status", "payer", "patient"]
-
-        def client(seed_: int) -> None:
-            rnd = random.Random(seed_)
+        cookies = []
+        for _ in range(args.clients):
             with httpx.Client(base_url=base, timeout=30) as c:
                 sign_in(c)
-                while time.monotonic() < deadline:
-                    with lock:
-                        if budget[0] <= 0:
-                            return
-                        budget[0] -= 1
-                    if rnd.random() < 0.5:
-                        kind = "worklist"
-                        url = (f"/?status={rnd.choice(statuses)}&sort={rnd.choice(sorts)}"
-                               f"&order={rnd.choice(['asc', 'desc'])}&page={rnd.randint(1, 20)}")
-                    else:
-                        kind, url = "case", f"/cases/{rnd.choice(ids)}"
-                    start = time.perf_counter()
-                    r = c.get(url)
-                    elapsed = time.perf_counter() - start
-                    with lock:
-                        if r.status_code != 200:
-                            errors.append(f"{r.status_code} {kind}")
-                        times[kind].append(elapsed)
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - t0
+                cookies.append("; ".join(f"{k}={v}" for k, v in c.cookies.items()))
+        times, errors = asyncio.run(run_clients(port, ids, cookies, args.seconds, args.requests))
+        wall = times.pop("wall")[0]
         total = sum(len(v) for v in times.values())
         print(f"{total} requests from {args.clients} clients in {wall:.1f} s ({total / wall:.0f}/s), "
               f"{len(errors)} errors")

@@ -229,7 +229,12 @@ def test_blistering_needs_biopsy_not_serology(decide):
 
 # ------------------------------------------------------------------ rituximab
 
+# Every rituximab policy requires HBV screening, and pemphigus a documented severity (issue 13;
+# their own tests are in test_rituximab_rules.py): these charts carry both.
+HBV_SCREENED = [{"measure": "hbsag", "result": "negative", "date": "2026-11-01"},
+                {"measure": "anti_hbc", "result": "negative", "date": "2026-11-01"}]
 RTX = dict(diagnoses=[{"code": "L10.0"}], findings=[{"kind": "direct_immunofluorescence", "supports_diagnosis": True}],
+           assessments=[{"measure": "pdai", "value": 30, "date": "2026-11-01"}, *HBV_SCREENED],
            request={"therapy": "rituximab", "product": "Rituxan", "dose_mg": 1000, "doses": 2})
 
 
@@ -249,8 +254,8 @@ def test_rituximab_dose_above_label(decide):
 
 def test_rituximab_myositis_needs_steroid_sparing_failure(decide):
     req = {"therapy": "rituximab", "product": "Truxima", "dose_mg": 1000, "doses": 2}
-    assert decide(request=req, treatments=[steroid()]).determination == "not_eligible"
-    det = decide(request=req, treatments=[agent("methotrexate", "inadequate_response")])
+    assert decide(request=req, treatments=[steroid()], assessments=HBV_SCREENED).determination == "not_eligible"
+    det = decide(request=req, treatments=[agent("methotrexate", "inadequate_response")], assessments=HBV_SCREENED)
     assert det.determination == "meets_criteria" and det.pathways_met == ["first_line_failure"]
     assert det.dosing["hcpcs"] == "Q5115"
 

@@ -95,6 +95,10 @@ def rituximab_data() -> dict:
     data["request"] = {"therapy": "rituximab", "product": "Rituxan", "request_type": "initial", "dose_mg": 1000,
                        "doses": 2, "start_date": "2026-12-01", "site_of_care": "infusion_center"}
     data["coverage"]["payer"] = "testpayer-without-variant"
+    # issue 13: rituximab needs HBV screening and, in pemphigus, a documented severity
+    data["assessments"] = [*data.get("assessments", []), {"measure": "pdai", "value": 30, "date": "2026-11-10"},
+                           {"measure": "hbsag", "result": "negative", "date": "2026-11-10"},
+                           {"measure": "anti_hbc", "result": "negative", "date": "2026-11-10"}]
     return data
 
 

@@ -130,8 +130,8 @@ def test_medicare_rituximab_myositis_takes_the_l38920_contraindication_route(cri
     data = read_yaml(SAMPLES / "dm-medicare-contraindication.yaml")
     data["request"] = {"therapy": "rituximab", "product": "Rituxan", "request_type": "initial",
                        "dose_mg": 1000, "doses": 2, "start_date": "2026-12-01", "site_of_care": "infusion_center"}
-    data["contraindications"] = [{"drug_class": "conventional_immunosuppressants", "reason": "cirrhosis",
-                                  "documented_date": "2026-09-10"}]
+    data["contraindications"].append({"drug_class": "conventional_immunosuppressants", "reason": "cirrhosis",
+                                      "documented_date": "2026-09-10"})  # and steroid psychosis (the sample's)
     data["treatments"] = []
     data["assessments"] += [{"measure": "hbsag", "result": "negative", "date": "2026-10-01"},
                             {"measure": "anti_hbc", "result": "negative", "date": "2026-10-01"}]

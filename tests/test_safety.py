@@ -43,7 +43,7 @@ def test_thrombosis_risk_factors_are_named(decide):
     det = decide(treatments=REFRACTORY + [{"drug": "Premarin", "start_date": "2025-01-01"}],
                  patient={"birth_date": "1950-01-01"})
     message = rules(det)["thrombosis_risk"]["message"]
-    assert "age 76" in message and "Premarin being taken" in message
+    assert "age 76" in message and "conjugated estrogens being taken" in message
 
 
 def test_product_specific_contraindications(decide):
@@ -56,15 +56,18 @@ def test_product_specific_contraindications(decide):
     assert rules(fructose)["fructose_intolerance"]["status"] == "risk"
 
 
-def test_hepatitis_b_screening_before_rituximab(decide):
+def test_hepatitis_b_infection_before_rituximab_is_a_safety_risk(decide):
+    # The missing screen is now a criterion of every rituximab policy (test_rituximab_rules.py),
+    # so the safety rule no longer says it a second time: it flags a documented HBV infection.
     rtx = dict(diagnoses=[{"code": "L10.0"}], findings=[{"kind": "skin_biopsy", "supports_diagnosis": True}],
                request={"therapy": "rituximab", "product": "Rituxan", "dose_mg": 1000, "doses": 2})
-    assert rules(decide(**rtx))["hbv_screening"]["status"] == "missing"
-    screened = decide(**rtx, assessments=[{"measure": "hbsag", "value": 0, "date": "2026-09-01"}])
-    assert "hbv_screening" not in rules(screened)
+    assert "hbv_screening" not in rules(decide(**rtx))
+    chronic = decide(**{**rtx, "diagnoses": [{"code": "L10.0"}, {"code": "B18.1"}]})
+    assert rules(chronic)["hbv_screening"]["status"] == "risk"
+    assert "antiviral prophylaxis" in rules(chronic)["hbv_screening"]["message"]
     by_finding = decide(**{**rtx, "findings": rtx["findings"] + [
-        {"kind": "serology", "date": "2026-10-01", "result": "HBsAg negative, anti-HBc negative", "supports_diagnosis": False}]})
-    assert "hbv_screening" not in rules(by_finding)
+        {"kind": "serology", "date": "2026-10-01", "result": "HBsAg negative, anti-HBc positive", "supports_diagnosis": False}]})
+    assert rules(by_finding)["hbv_screening"]["status"] == "risk"
 
 
 def test_a_policy_can_make_a_safety_rule_a_criterion(tmp_path):
@@ -72,17 +75,17 @@ def test_a_policy_can_make_a_safety_rule_a_criterion(tmp_path):
     shutil.copytree(ROOT / "criteria", root)
     path = root / "rituximab/pemphigus-vulgaris.yaml"
     policy = yaml.safe_load(path.read_text())
-    policy["criteria"]["all_of"].append({"id": "hbv_screened", "label": "Hepatitis B screening documented",
-                                         "source": "rituxan-pi", "type": "safety", "rule": "hbv_screening"})
+    policy["criteria"]["all_of"].append({"id": "hbv_infection", "label": "No hepatitis B infection documented",
+                                         "source": "rituxan-boxed-hbv", "type": "safety", "rule": "hbv_screening"})
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
     crit = load_criteria(root)
-    data = referral_data(diagnoses=[{"code": "L10.0"}], findings=[{"kind": "skin_biopsy", "supports_diagnosis": True}],
+    data = referral_data(diagnoses=[{"code": "L10.0"}, {"code": "B18.1"}],
+                         findings=[{"kind": "skin_biopsy", "supports_diagnosis": True}],
                          request={"therapy": "rituximab", "product": "Rituxan", "dose_mg": 1000, "doses": 2,
                                   "dose_g_per_kg": None, "days_per_cycle": None, "interval_weeks": None, "cycles": None})
     det = determine(referral_from_data(data, "t"), crit)
-    assert status_of(det, "hbv_screened") == "unknown"
-    assert det.determination == "missing_documentation"
-    assert det.missing == ["hepatitis B screening results (HBsAg and anti-HBc) from the last 12 months"]
+    assert status_of(det, "hbv_infection") == "not_met"
+    assert det.determination == "not_eligible"
 
 
 def test_age_matches_relativedelta_on_edge_days():

@@ -163,10 +163,14 @@ def test_medicare_off_label_rituximab_requires_hbv_screening(criteria):
     det = decide(criteria, data)
     assert det.policy.id == "medicare-rituximab-myositis"
     assert det.determination == "missing_documentation"
-    assert det.missing == ["hepatitis B screening results (HBsAg and anti-HBc) from the last 12 months"]
+    assert det.missing == ["hepatitis B screening results (HBsAg and anti-HBc, each negative or positive) "
+                           "dated within 365 days before the referral"]
     data["assessments"].append({"measure": "anti_hbc", "value": 0, "date": "2026-10-01"})
+    assert decide(criteria, data).determination == "missing_documentation"  # HBsAg still missing
+    data["assessments"].append({"measure": "hbsag", "result": "nonreactive", "date": "2026-10-01"})
     assert decide(criteria, data).determination == "meets_criteria"
-    data["coverage"]["payer"] = "bluepeak-health"  # the baseline only warns
-    del data["assessments"][-1]
+    data["coverage"]["payer"] = "bluepeak-health"  # issue 13: the baseline requires it too, no longer only warns
+    del data["assessments"][-2:]
     base = decide(criteria, data)
-    assert base.determination == "meets_criteria" and any("hepatitis B" in w for w in base.warnings)
+    assert base.policy.id == "rituximab-myositis" and base.determination == "missing_documentation"
+    assert status_of(base, "hbv_screening") == "unknown"

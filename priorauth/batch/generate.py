@@ -282,6 +282,9 @@ def _s_rituximab_pv(b):
     b.confirm(ref, BLISTER_FINDINGS)
     ref["treatments"].append(b.trial("prednisone", "ongoing", 6, ended=False))
     ref["request"] = b.rituximab(ref)
+    # Rituximab in PV needs a documented moderate-to-severe severity (issue 13); no draw from
+    # the seed's stream, so the other records stay as they were.
+    ref["assessments"].append({"measure": "pdai", "value": 30, "unit": "points", "date": b.day(7)})
     return ref
 
 

@@ -207,7 +207,8 @@ class ProductTable(_Strict):
 IcdCode = Annotated[str, AfterValidator(normalize_icd10)]
 
 
-NO_LIMITS = Dosing(id="dosing", label="dosing", type="dosing")  # a tree without a dosing node
+# a tree without a dosing node (model_construct: no validator is built for it at import)
+NO_LIMITS = Dosing.model_construct(id="dosing", label="dosing", type="dosing")
 
 
 class Source(_Strict):
@@ -706,6 +707,11 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     root = criteria_dir(root)
     if not root.is_dir():
         raise CriteriaError(f"{root}: criteria folder not found")
+    from . import cache  # a digest-checked pickle of an earlier load of this folder (see cache.py)
+
+    cached = cache.load(root)
+    if cached is not None and cached[1] is not None:
+        return cached[1]
     vocabulary = load_model(Vocabulary, root / "drugs.yaml")
     products = load_model(ProductTable, root / "products.yaml")
     therapies = load_model(TherapyTable, root / "therapies.yaml").therapies
@@ -716,7 +722,10 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     safety = load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
     tables = {name: load_model(model, root / file) if (root / file).exists() else model()
               for name, model, file in OPTIONAL_TABLES}
-    return Criteria(root, vocabulary, products, therapies, policies, safety, **tables)
+    loaded = Criteria(root, vocabulary, products, therapies, policies, safety, **tables)
+    if cached is not None:
+        cache.store(root, cached[0], loaded)
+    return loaded
 
 
 # Tables beside the policies, each optional (a criteria folder without one behaves as before).

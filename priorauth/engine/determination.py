@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Optional
 
-from dateutil.relativedelta import relativedelta
-
+from ..core.dates import add_months
 from .context import make_context, resolve_treatments
 from .course import course_of, product_of
 from .fit import would_fit
@@ -90,7 +89,7 @@ class Determination:
         if self.determination != "meets_criteria" or auth is None:
             return None
         start = self.referral.request.start_date or self.referral.date
-        end = start + relativedelta(months=auth.months) - timedelta(days=1)
+        end = add_months(start, auth.months) - timedelta(days=1)
         return {"start": start.isoformat(), "end": end.isoformat(), "months": auth.months,
                 "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat()}
 

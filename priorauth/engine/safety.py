@@ -82,12 +82,12 @@ def _risk_factors(when: Any, f: Facts, vocab: Any) -> tuple[list[str], list]:
         for i, d in enumerate(f.ref.diagnoses):
             code = d.code
             if code.startswith(prefixes):
-                factors.append(code + (f" {d.description}" if d.description else ""))
+                factors.append(code)  # the code, not the chart's description (a warning repeats no free text)
                 evidence.append(("diagnosis", i, code))
     if drug_classes:
         for i, generic, route, name in f.current:
             if any(vocab.in_class(generic, c, route) for c in drug_classes):
-                factors.append(f"{name} being taken")
+                factors.append(f"{generic} being taken")
                 evidence.append(("treatment", i, name))
     if phrases:
         for kind, i, text in f.texts:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import datetime as dt
 import io
 import json
 from typing import Any, Optional
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from . import referrals
@@ -18,6 +21,7 @@ from .store import Conflict, NotFound, Store, Who
 from .workflow import EventError, STATUSES, parse_event
 
 router = APIRouter(prefix="/api/v1")
+DEFAULT_LIMIT, MAX_LIMIT = 50, 200  # GET /cases: cases a page
 
 
 def store(request: Request) -> Store:
@@ -74,14 +78,42 @@ async def create_case(request: Request, user: Who = Depends(need("write"))):
 
 @router.get("/cases")
 def list_cases(request: Request, status: Optional[str] = None, payer: Optional[str] = None,
-               due_before: Optional[dt.date] = None, user: Who = Depends(need("read"))):
+               due_before: Optional[dt.date] = None, limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT),
+               cursor: Optional[str] = None, user: Who = Depends(need("read"))):
+    """One page of cases, oldest first; `next` is the URL of the next page (None on the last)."""
     if status and status not in STATUSES:
         return errors(422, [{"loc": ["query", "status"], "msg": "not a case status"}])
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except ValueError:
+        return errors(422, [{"loc": ["query", "cursor"], "msg": "not a cursor from a previous page's next link"}])
     st = store(request)
-    cases, _ = st.list_cases(status=status, payer=payer, due_before=due_before, with_result=False)
+    cases, more = st.case_page(status=status, payer=payer, due_before=due_before, limit=limit, after=after)
     st.audit(user.name, "cases.list")
+    next_url = None
+    if more is not None:
+        query = {k: v for k, v in (("status", status), ("payer", payer),
+                                   ("due_before", due_before.isoformat() if due_before else None)) if v}
+        next_url = "/api/v1/cases?" + urlencode({**query, "limit": limit, "cursor": encode_cursor(more)})
     # a summary per case (the determination's value, not its JSON): GET the case for the rest
-    return {"cases": [case_summary(c) for c in cases]}
+    return {"cases": [case_summary(c) for c in cases], "next": next_url}
+
+
+def encode_cursor(after: tuple[dt.datetime, str]) -> str:
+    """An opaque cursor: the last case's (created_at, id), base64url."""
+    raw = json.dumps([after[0].isoformat(), after[1]], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, case_id = json.loads(raw)
+        if not isinstance(case_id, str) or len(case_id) > 32:
+            raise ValueError("bad id")
+        return dt.datetime.fromisoformat(at), case_id
+    except (ValueError, TypeError, UnicodeDecodeError, binascii.Error):
+        raise ValueError("not a cursor") from None
 
 
 @router.get("/cases/{case_id}")

@@ -87,7 +87,7 @@ def create_app(data: Optional[str | Path] = None, database: Optional[str] = None
     store = store or Store.open(data, database)
     app = FastAPI(title="priorauth case service", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.store = store
-    app.state.rate_limit = RateLimit()
+    app.state.rate_limit = RateLimit(store)
     app.include_router(api.router)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
 import hmac
 import secrets
-import threading
-import time
-from collections import defaultdict, deque
 from typing import Optional
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from fastapi import HTTPException, Request
 
+from .models import utcnow
 from .store import Store, Who
 
 _hasher = PasswordHasher()
@@ -41,29 +41,28 @@ def verify_password(store: Store, name: str, password: str) -> Optional[Who]:
 
 
 class RateLimit:
-    """At most `limit` failed sign-ins per (user name, address) in `window` seconds (per process)."""
+    """At most `limit` failed sign-ins per (user name, address) in `window` seconds, counted in
+    the database (table `signin_failures`), so every `serve` process and worker shares them.
+    The key is a hash: the table holds neither names nor addresses."""
 
-    def __init__(self, limit: int = 5, window: float = 300.0):
-        self.limit, self.window = limit, window
-        self._fails: dict[tuple[str, str], deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
+    def __init__(self, store: Store, limit: int = 5, window: float = 300.0):
+        self.store, self.limit, self.window = store, limit, window
 
-    def blocked(self, key: tuple[str, str]) -> bool:
-        with self._lock:
-            q = self._fails.get(key)
-            if not q:
-                return False
-            while q and q[0] < time.monotonic() - self.window:
-                q.popleft()
-            return len(q) >= self.limit
+    @staticmethod
+    def key(name: str, address: str) -> str:
+        return hashlib.sha256(f"{name}\x00{address}".encode()).hexdigest()
 
-    def fail(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._fails[key].append(time.monotonic())
+    def _since(self) -> dt.datetime:
+        return utcnow() - dt.timedelta(seconds=self.window)
 
-    def clear(self, key: tuple[str, str]) -> None:
-        with self._lock:
-            self._fails.pop(key, None)
+    def blocked(self, key: str) -> bool:
+        return self.store.signin_failures(key, self._since()) >= self.limit
+
+    def fail(self, key: str) -> None:
+        self.store.signin_failed(key, self._since())
+
+    def clear(self, key: str) -> None:
+        self.store.signin_clear(key)
 
 
 def csrf_token(request: Request) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Optional
 
-from sqlalchemy import Date, DateTime, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import BigInteger, Date, DateTime, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -73,7 +73,10 @@ class Case(Base):
     # or one status: an index per order lets a page read 50 rows instead of sorting them all
     __table_args__ = tuple(Index(f"ix_cases_{'_'.join(cols)}", *cols, "id") for cols in (
         ("updated_at",), ("reauthorization_due",), ("patient",), ("payer",), ("status",),
-        ("status", "updated_at"), ("status", "reauthorization_due"), ("status", "patient")))
+        ("status", "updated_at"), ("status", "reauthorization_due"), ("status", "patient"),
+        # migration 0002: the API's stable order, the payer filter, status filter sorted by payer
+        ("created_at",), ("status", "payer"), ("payer", "updated_at"), ("payer", "reauthorization_due"),
+        ("payer", "patient"), ("payer", "status")))
 
 
 class ReferralVersion(Base):
@@ -110,3 +113,20 @@ class Audit(Base):
     user: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(48))
     case_id: Mapped[Optional[str]] = mapped_column(String(32), nullable=True, index=True)
+
+
+class SigninFailure(Base):
+    """One failed sign-in: `key` is the SHA-256 of (user name, address), never the name itself.
+    In the database, so every serve process counts the same failures."""
+    __tablename__ = "signin_failures"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    __table_args__ = (Index("ix_signin_failures_key_at", "key", "at"),)
+
+
+class Counter(Base):
+    """`cases`: raised by every transaction that changes a case (caches key on it)."""
+    __tablename__ = "counters"
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger)

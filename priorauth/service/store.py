@@ -12,23 +12,26 @@ import hashlib
 import json
 import os
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, func, select, text, update
+from sqlalchemy import and_, bindparam, create_engine, delete, event, func, insert, or_, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, sessionmaker
 
-from .models import ApiToken, Audit, Case, Event, ReferralVersion, Setting, User, utcnow
+from .models import ApiToken, Audit, Case, Counter, Event, ReferralVersion, Setting, SigninFailure, User, utcnow
 from .workflow import FROM_DETERMINATION, OPEN, PRE_SUBMISSION, TRANSITIONS, lead_days
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATION_LOCK = 0x5072696F  # any constant shared by every serve process
 ROLES = ("physician", "billing", "admin")
+USER_TTL = 5.0  # seconds a process keeps a signed-in user's name and role (a change shows within it)
 
 
 class Conflict(Exception):
@@ -115,6 +118,11 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.sqlite = engine.dialect.name == "sqlite"
+        # (name, ...) -> (the `cases` counter it was read at, value): counts, payers, totals
+        self._cache: dict[tuple, tuple[int, Any]] = {}
+        self._audit_writer = _AuditWriter(engine)
+        self._users: dict[int, tuple[float, Optional[Who]]] = {}
 
     @classmethod
     def open(cls, data: Optional[str | Path] = None, database: Optional[str] = None) -> "Store":
@@ -123,6 +131,7 @@ class Store:
         return cls(engine)
 
     def close(self) -> None:
+        self._audit_writer.stop()
         self.engine.dispose()
 
     def session(self) -> Session:
@@ -170,16 +179,45 @@ class Store:
             return Who(*row) if row else None
 
     def user_by_id(self, uid: int) -> Optional[Who]:
-        with self.session() as s:
-            row = s.execute(select(User.id, User.name, User.role)
-                            .where(User.id == uid, User.active.is_(True))).first()
-            return Who(*row) if row else None
+        """Every page asks: Core, and kept for USER_TTL seconds per process."""
+        hit = self._users.get(uid)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < USER_TTL:
+            return hit[1]
+        with self.engine.connect() as conn:
+            row = conn.execute(_USER_BY_ID, {"uid": uid}).first()
+        who = Who(*row) if row else None
+        if len(self._users) > 1000:
+            self._users.clear()
+        self._users[uid] = (now, who)
+        return who
+
+    # ----------------------------------------------------------------- sign-in rate limit
+
+    def signin_failures(self, key: str, since: dt.datetime) -> int:
+        """Failed sign-ins of `key` (a hash of user name and address) since `since`, by any process."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count(SigninFailure.id))
+                                .where(SigninFailure.key == key, SigninFailure.at >= since)).scalar() or 0
+
+    def signin_failed(self, key: str, forget_before: dt.datetime) -> None:
+        """Record a failure; failures older than the window (of any key) go."""
+        with self._begin() as s:
+            s.execute(delete(SigninFailure).where(SigninFailure.at < forget_before))
+            s.add(SigninFailure(key=key, at=utcnow()))
+
+    def signin_clear(self, key: str) -> None:
+        with self._begin() as s:
+            s.execute(delete(SigninFailure).where(SigninFailure.key == key))
 
     # ----------------------------------------------------------------- audit
 
     def audit(self, user: str, action: str, case_id: Optional[str] = None) -> None:
-        with self._begin() as s:
-            s.add(Audit(user=user, action=action, case_id=case_id))
+        """One audit row, committed before this returns (so before the answer goes out). Every
+        page read writes one: the rows of concurrent requests go to the database together, one
+        transaction for all of them (group commit, `_AuditWriter`), instead of one write
+        transaction each queueing for the database's write lock."""
+        self._audit_writer.write({"at": utcnow(), "user": user, "action": action, "case_id": case_id})
 
     def audit_log(self, limit: int = 500) -> list[Audit]:
         with self.session() as s:
@@ -200,6 +238,8 @@ class Store:
                                       determination=result["determination"], created_by=user))
                 s.add(Audit(user=user, action="case.create", case_id=case.id))
                 cases.append(case)
+            if cases:
+                _bump_counter(s)
             return cases
 
     def get(self, case_id: str) -> Case:
@@ -233,23 +273,11 @@ class Store:
                    with_result: bool = True) -> tuple[list[Case], int]:
         """(one page of cases, how many match in all). `with_result=False` leaves out the
         determination JSON (~6 KB a case), which a worklist page does not show."""
-        conditions = []
-        if status:
-            conditions.append(Case.status == status)
-        if payer:
-            conditions.append(Case.payer == payer)
-        if due_before:
-            conditions.append(Case.reauthorization_due <= due_before)
-        if due_after:
-            conditions.append(Case.reauthorization_due >= due_after)
-        if open_only:
-            conditions.append(Case.status.in_(OPEN))
+        conditions = _conditions(status, payer, due_before, due_after, open_only)
         q = select(Case).where(*conditions)
         if not with_result:
             q = q.options(defer(Case.result))
-        column = {"updated": Case.updated_at, "status": Case.status, "payer": Case.payer,
-                  "due": Case.reauthorization_due, "patient": Case.patient,
-                  "referral": Case.referral_id}.get(sort, Case.updated_at)
+        column = _SORTS.get(sort, Case.updated_at)
         order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
         with self.session() as s:
             total = s.scalar(select(func.count(Case.id)).where(*conditions))
@@ -282,6 +310,80 @@ class Store:
                          .values(**values).execution_options(synchronize_session=False))
         if done.rowcount != 1:
             raise Conflict("the case changed since you read it: reload it and try again")
+        _bump_counter(s)
+
+    # ----------------------------------------------------------------- pages
+
+    def changes(self, conn=None) -> int:  # noqa: ANN001
+        """The `cases` counter: it goes up with every change of any case, in any process."""
+        if conn is None:
+            with self.engine.connect() as conn:
+                return self.changes(conn)
+        return conn.execute(_CHANGES).scalar() or 0
+
+    def _cached(self, key: tuple, generation: int, compute):  # noqa: ANN001
+        hit = self._cache.get(key)
+        if hit is not None and hit[0] == generation:
+            return hit[1]
+        value = compute()
+        if len(self._cache) > 512:
+            self._cache.clear()
+        self._cache[key] = (generation, value)
+        return value
+
+    def worklist(self, *, status: Optional[str] = None, payer: Optional[str] = None,
+                 due_before: Optional[dt.date] = None, sort: str = "updated", descending: bool = True,
+                 limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """One worklist page from the stored columns only (never the determination JSON), in one
+        read transaction: rows, how many match, counts per status and the payers. The counts,
+        payers and totals are kept until the `cases` counter moves."""
+        conditions = _conditions(status, payer, due_before, None, False)
+        column = _SORTS.get(sort, Case.updated_at)
+        order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
+        with self.engine.connect() as conn:
+            gen = self.changes(conn)
+            counts = self._cached(("counts",), gen, lambda: dict(conn.execute(
+                select(Case.status, func.count()).group_by(Case.status)).all()))
+            payers = self._cached(("payers",), gen, lambda: list(conn.execute(
+                select(Case.payer).distinct().order_by(Case.payer)).scalars()))
+            if payer is None and due_before is None:
+                total = counts.get(status, 0) if status else sum(counts.values())
+            else:
+                total = self._cached(("total", status, payer, due_before), gen, lambda: conn.execute(
+                    select(func.count(Case.id)).where(*conditions)).scalar() or 0)
+            rows = conn.execute(select(*_WORKLIST_COLUMNS).where(*conditions).order_by(*order)
+                                .limit(limit).offset(offset)).all()
+        return {"rows": rows, "total": total, "counts": counts, "payers": payers}
+
+    def case_view(self, case_id: str):  # noqa: ANN201 - rows with the attributes of Case, Event, ReferralVersion
+        """A case with its events and referral versions (not their data), in one read transaction;
+        Core rows, not ORM objects (a case page is read far more often than it is changed)."""
+        with self.engine.connect() as conn:
+            case = conn.execute(select(Case.__table__).where(Case.id == case_id)).first()
+            if case is None:
+                raise NotFound(case_id)
+            events = conn.execute(select(Event.__table__).where(Event.case_id == case_id).order_by(Event.id)).all()
+            versions = conn.execute(select(ReferralVersion.number, ReferralVersion.determination,
+                                           ReferralVersion.created_by, ReferralVersion.created_at)
+                                    .where(ReferralVersion.case_id == case_id)
+                                    .order_by(ReferralVersion.number)).all()
+            return case, events, versions
+
+    def case_page(self, *, status: Optional[str] = None, payer: Optional[str] = None,
+                  due_before: Optional[dt.date] = None, limit: int = 50,
+                  after: Optional[tuple[dt.datetime, str]] = None) -> tuple[list[Case], Optional[tuple[dt.datetime, str]]]:
+        """The API's list: oldest first by (created_at, id), `limit` after the cursor `after`;
+        (cases without the determination JSON, the cursor of the next page or None). A cursor
+        stays right while cases are added or changed: new cases come last."""
+        conditions = _conditions(status, payer, due_before, None, False)
+        if after is not None:
+            conditions.append(or_(Case.created_at > after[0], and_(Case.created_at == after[0], Case.id > after[1])))
+        with self.session() as s:
+            cases = list(s.scalars(select(Case).options(defer(Case.result)).where(*conditions)
+                                   .order_by(Case.created_at, Case.id).limit(limit + 1)))
+        more = len(cases) > limit
+        cases = cases[:limit]
+        return cases, ((cases[-1].created_at, cases[-1].id) if more else None)
 
     def add_event(self, case_id: str, etype: str, date: dt.date, fields: dict[str, Any], user: str,
                   version: Optional[int] = None) -> Case:
@@ -328,6 +430,69 @@ class Store:
         return _Tx(self.engine)
 
 
+class _AuditWriter:
+    """Group commit of audit rows: a caller queues its row and waits; one thread writes every
+    row queued so far in one transaction, then wakes their callers (or hands them the error).
+    A row is in the database when `write` returns, as with a transaction of its own."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._queue: list[tuple[dict[str, Any], list]] = []
+        self._thread: Optional[threading.Thread] = None
+        self._stopped = False
+
+    def write(self, row: dict[str, Any], timeout: float = 60.0) -> None:
+        done: list = []  # [None] once written, [exception] if the batch failed
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._stopped = False
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+            self._queue.append((row, done))
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: done, timeout):
+                raise TimeoutError("the audit log could not be written")
+        if done[0] is not None:
+            raise done[0]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stopped)
+                if not self._queue:
+                    return
+                batch, self._queue = self._queue, []
+            try:
+                self._insert([row for row, _ in batch])
+                outcomes: list[Optional[BaseException]] = [None] * len(batch)
+            except Exception:  # noqa: BLE001 - one bad row must not fail the others: one by one
+                outcomes = [self._insert_one(row) for row, _ in batch]
+            with self._cond:
+                for (_, done), outcome in zip(batch, outcomes):
+                    done.append(outcome)
+                self._cond.notify_all()
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        with self.engine.connect().execution_options(write=True) as conn:
+            with conn.begin():
+                conn.execute(insert(Audit.__table__), rows)
+
+    def _insert_one(self, row: dict[str, Any]) -> Optional[BaseException]:
+        try:
+            self._insert([row])
+            return None
+        except Exception as exc:  # noqa: BLE001 - handed to that row's caller
+            return exc
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(10)
+
+
 class _Tx:
     """A write transaction (BEGIN IMMEDIATE on SQLite): commits on success, rolls back on error."""
 
@@ -359,3 +524,31 @@ def _case_fields(data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]
             "therapy": request.get("therapy", ""), "request_type": request.get("request_type", "initial"),
             "determination": result["determination"], "missing": json.dumps(result.get("missing") or []),
             "result": json.dumps(result), "reauthorization_due": dt.date.fromisoformat(due) if due else None}
+
+
+_USER_BY_ID = select(User.id, User.name, User.role).where(User.id == bindparam("uid"), User.active.is_(True))
+_CHANGES = select(Counter.value).where(Counter.name == "cases")
+_SORTS = {"updated": Case.updated_at, "status": Case.status, "payer": Case.payer, "due": Case.reauthorization_due,
+          "patient": Case.patient, "referral": Case.referral_id}
+# what a worklist row shows: stored columns only
+_WORKLIST_COLUMNS = (Case.id, Case.patient, Case.referral_id, Case.payer, Case.status, Case.missing,
+                     Case.reauthorization_due)
+
+
+def _conditions(status, payer, due_before, due_after, open_only) -> list:  # noqa: ANN001
+    conditions = []
+    if status:
+        conditions.append(Case.status == status)
+    if payer:
+        conditions.append(Case.payer == payer)
+    if due_before:
+        conditions.append(Case.reauthorization_due <= due_before)
+    if due_after:
+        conditions.append(Case.reauthorization_due >= due_after)
+    if open_only:
+        conditions.append(Case.status.in_(OPEN))
+    return conditions
+
+
+def _bump_counter(s: Session) -> None:
+    s.execute(update(Counter).where(Counter.name == "cases").values(value=Counter.value + 1))

@@ -21,8 +21,8 @@ PASSWORD = "correct horse battery"
 PG_ENV = "PRIORAUTH_TEST_DATABASE_URL"
 
 
-def _pg_store() -> Store:
-    """A store on a fresh schema of the test PostgreSQL; unreachable means the test fails."""
+def pg_url() -> str:
+    """The URL of a fresh, empty schema of the test PostgreSQL; unreachable means the test fails."""
     url = os.environ.get(PG_ENV)
     if not url and os.environ.get("CI"):
         pytest.fail(f"{PG_ENV} is not set in CI: .ci/run must start PostgreSQL (.ci/postgres.sh)")
@@ -33,12 +33,18 @@ def _pg_store() -> Store:
     schema = "t_" + uuid.uuid4().hex[:12]
     base = "postgresql+psycopg://" + url.split("://", 1)[1]
     try:
-        with sa.create_engine(base).begin() as conn:
+        engine = sa.create_engine(base)
+        with engine.begin() as conn:
             conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+        engine.dispose()
     except sa.exc.OperationalError as exc:
         pytest.fail(f"{PG_ENV} is set but PostgreSQL is unreachable: {type(exc).__name__}")
     sep = "&" if "?" in url else "?"
-    return Store.open(database=f"{url}{sep}options=-csearch_path%3D{schema}")
+    return f"{url}{sep}options=-csearch_path%3D{schema}"
+
+
+def _pg_store() -> Store:
+    return Store.open(database=pg_url())
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -95,6 +95,36 @@ def test_list_filters(env: Env) -> None:
     assert env.client.get("/api/v1/cases?due_before=soon", headers=env.h("billing")).status_code == 422
 
 
+def test_list_pages(env: Env) -> None:
+    """GET /cases pages by a cursor: every case once, oldest first, new cases at the end; the
+    default page is 50; bad limits and cursors answer 422 naming the parameter, not its value."""
+    from priorauth import check
+    from priorauth.service.referrals import referral_data
+
+    det = check(DATA / "dm-steroid-intolerance.yaml")
+    env.store.add_cases([(referral_data(det), det.to_dict())] * 60, "seed")
+    everyone = env.client.get("/api/v1/cases?limit=200", headers=env.h("billing")).json()
+    assert everyone["next"] is None and len(everyone["cases"]) >= 60
+    first = env.client.get("/api/v1/cases", headers=env.h("billing")).json()
+    assert len(first["cases"]) == 50 and first["next"].startswith("/api/v1/cases?limit=50&cursor=")
+    seen, url, added = [], "/api/v1/cases?limit=7", None
+    while url:
+        r = env.client.get(url, headers=env.h("physician"))
+        assert r.status_code == 200 and len(r.json()["cases"]) <= 7
+        seen += [c["case_id"] for c in r.json()["cases"]]
+        if added is None:  # a case added during the walk comes on a later page, not twice
+            added = env.new_case()["case_id"]
+        url = r.json()["next"]
+    assert seen == [c["case_id"] for c in everyone["cases"]] + [added]
+    ready = env.client.get("/api/v1/cases?status=ready&limit=3", headers=env.h("billing")).json()
+    assert "status=ready" in ready["next"] and all(c["status"] == "ready" for c in ready["cases"])
+    for query, loc in (("limit=0", "limit"), ("limit=201", "limit"), ("limit=many", "limit"),
+                       ("cursor=ZQXSECRET", "cursor"), ("cursor=" + "A" * 40, "cursor")):
+        r = env.client.get(f"/api/v1/cases?{query}", headers=env.h("billing"))
+        assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["query", loc], (query, r.text)
+        assert "ZQXSECRET" not in r.text and "many" not in r.text.replace("too many", "")
+
+
 def test_correct_referral_keeps_history(env: Env) -> None:
     cid = env.new_case("pm-undated-steroid-trial.yaml")["case_id"]
     data = yaml.safe_load((DATA / "pm-undated-steroid-trial.yaml").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 from .conftest import DATA, Env
 
@@ -92,3 +93,28 @@ def test_correct_and_renewal_continuation(env: Env) -> None:
     assert r.status_code == 303
     new = env.store.get(r.headers["location"].rsplit("/", 1)[1])
     assert new.request_type == "continuation" and new.id != rid
+
+
+def test_worklist_pages_and_htmx_fragment(env: Env) -> None:
+    """50 rows a page with previous/next links that keep the filter; htmx gets the table only."""
+    from priorauth import check
+    from priorauth.service.referrals import referral_data
+
+    det = check(DATA / "pm-undated-steroid-trial.yaml")
+    env.store.add_cases([(referral_data(det), det.to_dict())] * 55, "seed")
+    c = env.browser("billing")
+    total = env.store.worklist(status="missing_documentation")["total"]
+    first = c.get("/?status=missing_documentation&sort=patient&order=asc")
+    assert first.status_code == 200 and f"{total} cases, page 1 of {-(-total // 50)}" in first.text
+    assert first.text.count('<tr><td><a href="/cases/') == 50
+    assert 'rel="next"' in first.text and 'rel="prev"' not in first.text
+    nxt = re.search(r'href="([^"]+)" hx-get="[^"]+" rel="next"', first.text).group(1).replace("&amp;", "&")
+    assert "status=missing_documentation" in nxt and "page=2" in nxt and "sort=patient" in nxt
+    part = c.get(nxt, headers={"HX-Request": "true", "HX-Target": "worklist"})
+    assert part.status_code == 200 and part.text.startswith('<div id="worklist">')
+    assert "<header" not in part.text and 'rel="prev"' in part.text and "Sign out" not in part.text
+    rows = part.text.count('<tr><td><a href="/cases/')
+    assert rows == min(50, total - 50)
+    # a bad sort, status or page is ignored, not an error
+    assert c.get("/?sort=bogus&status=nope&page=-3").status_code == 200
+    assert c.get("/?page=abc").status_code == 422

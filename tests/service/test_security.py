@@ -61,6 +61,8 @@ def test_csrf_rejected(env: Env) -> None:
 def test_signin_rate_limit_and_cookie(env: Env) -> None:
     from fastapi.testclient import TestClient
 
+    from priorauth.service.app import create_app
+
     c = TestClient(env.app)
     csrf = csrf_of(c.get("/signin").text)
     for _ in range(5):
@@ -74,7 +76,44 @@ def test_signin_rate_limit_and_cookie(env: Env) -> None:
     assert r.status_code == 303
     cookie = r.headers["set-cookie"].lower()
     assert "httponly" in cookie and "samesite=lax" in cookie and "max-age=" in cookie
-    env.app.state.rate_limit.clear(("physician", "testclient"))
+    # the limit is in the database: a second app on the same store (another worker or
+    # process) refuses the same pair too, and the table holds neither the name nor the address
+    second = create_app(env.data)
+    try:
+        c2 = TestClient(second)
+        csrf2 = csrf_of(c2.get("/signin").text)
+        r = c2.post("/signin", data={"csrf": csrf2, "username": "physician", "password": PASSWORD})
+        assert r.status_code == 429 and "Too many failed sign-ins" in r.text
+        with env.store.engine.connect() as conn:
+            stored = conn.exec_driver_sql("SELECT key FROM signin_failures").scalars().all()
+        assert len(stored) >= 5 and not any("physician" in k or "testclient" in k for k in stored)
+    finally:
+        second.state.store.close()
+    env.app.state.rate_limit.clear(env.app.state.rate_limit.key("physician", "testclient"))
+    r = c.post("/signin", data={"csrf": csrf_of(c.get("/signin").text), "username": "physician",
+                                "password": PASSWORD}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+
+
+def test_signin_limit_window(env: Env) -> None:
+    """Failures older than the window no longer count, and a success clears the pair's count."""
+    import datetime as dt
+
+    from priorauth.service.auth import RateLimit
+
+    limit = RateLimit(env.store, limit=2, window=60)
+    key = limit.key("someone", "10.0.0.9")
+    limit.fail(key)
+    limit.fail(key)
+    assert limit.blocked(key) and not limit.blocked(limit.key("someone", "10.0.0.10"))
+    with env.store.engine.begin() as conn:  # age them past the window
+        conn.exec_driver_sql("UPDATE signin_failures SET at = ? WHERE key = ?",
+                             (dt.datetime(2000, 1, 1).isoformat(" "), key))
+    assert not limit.blocked(key)
+    limit.fail(key)
+    limit.fail(key)
+    limit.clear(key)
+    assert not limit.blocked(key)
 
 
 def test_audit_records_reads_and_changes(env: Env) -> None:

@@ -112,3 +112,111 @@ def test_two_processes_share_one_store(store: Store) -> None:
         assert store.setting("session_secret") == other.setting("session_secret")
     finally:
         other.close()
+
+
+def test_worklist_counts_follow_changes_in_another_process(store: Store) -> None:
+    """The worklist keeps counts and payers until the `cases` counter moves: a change made
+    through a second engine (another worker) shows at once in the first one's worklist."""
+    from priorauth.service.store import make_engine
+
+    store.add_cases([_pair(), _pair("ibm-not-covered.yaml")], "ann")
+    first = store.worklist(status="ready")
+    other = Store(make_engine(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        case = other.add_cases([_pair()], "bob")[0]
+        second = store.worklist(status="ready")
+        assert second["total"] == first["total"] + 1 == second["counts"]["ready"]
+        other.add_event(case.id, "submitted", D, {}, "bob")
+        third = store.worklist(status="submitted")
+        assert third["counts"]["submitted"] == (first["counts"].get("submitted", 0) + 1)
+        assert [r.id for r in third["rows"]][0] == case.id
+        assert store.worklist(payer="no-such-payer")["total"] == 0
+    finally:
+        other.close()
+
+
+def test_signin_limit_shared_by_two_processes(store: Store) -> None:
+    from priorauth.service.auth import RateLimit
+    from priorauth.service.store import make_engine
+
+    other = Store(make_engine(store.engine.url.render_as_string(hide_password=False)))
+    try:
+        a, b = RateLimit(store, limit=3), RateLimit(other, limit=3)
+        key = a.key("ann", "192.0.2.1")
+        a.fail(key)
+        b.fail(key)
+        assert not a.blocked(key)
+        b.fail(key)
+        assert a.blocked(key) and b.blocked(key)
+        a.clear(key)
+        assert not b.blocked(key)
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrade_from_the_first_migration(backend: str, tmp_path) -> None:
+    """A store made by revision 0001 (the previous head) with a case and a user in it upgrades
+    to head at start-up: the case and user stay, the new tables work."""
+    from alembic import command
+    from alembic.config import Config
+
+    from priorauth.service.store import MIGRATIONS, database_url, make_engine
+
+    from .conftest import pg_url
+
+    url = database_url(tmp_path / "data") if backend == "sqlite" else database_url(database=pg_url())
+    engine = make_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect().execution_options(write=True) as conn:
+        with conn.begin():
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0001")
+            conn.exec_driver_sql("INSERT INTO users (name, role, password_hash, active, created_at) "
+                                 "VALUES ('ann', 'billing', 'x', true, '2026-01-01 00:00:00')")
+            conn.exec_driver_sql(
+                "INSERT INTO cases (id, referral_id, patient, payer, therapy, request_type, status, determination, "
+                "missing, result, referral_version, units_given, version, created_at, updated_at) VALUES "
+                "('c1', 'R1', 'A, B', 'p', 'ivig', 'initial', 'ready', 'meets_criteria', '[]', '{}', 1, 0, 1, "
+                "'2026-01-01 00:00:00', '2026-01-01 00:00:00')")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+    migrate(engine)
+    st = Store(engine)
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
+        assert st.get("c1").status == "ready" and st.user_by_name("ann").role == "billing"
+        assert st.changes() == 0
+        w = st.worklist()
+        assert w["total"] == 1 and w["counts"] == {"ready": 1} and w["payers"] == ["p"]
+        st.signin_failed("k", dt.datetime(2000, 1, 1))
+        assert st.signin_failures("k", dt.datetime(2000, 1, 1)) == 1
+        cases, cursor = st.case_page(limit=5)
+        assert [c.id for c in cases] == ["c1"] and cursor is None
+    finally:
+        st.close()
+
+
+def test_audit_rows_of_concurrent_requests_all_land(store: Store) -> None:
+    """Audit rows are committed together (group commit): each is in the database when audit()
+    returns, and a row that cannot be written raises in its own caller."""
+    threads = [threading.Thread(target=store.audit, args=(f"u{i}", "case.read", "c1")) for i in range(25)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    users = {a.user for a in store.audit_log(1000) if a.case_id == "c1"}
+    assert users >= {f"u{i}" for i in range(25)}
+    bad = threading.Thread(target=lambda: pytest.raises(Exception, store.audit, None, "x"))  # NOT NULL
+    good = [threading.Thread(target=store.audit, args=(f"v{i}", "case.read", "c2")) for i in range(5)]
+    for t in [bad, *good]:
+        t.start()
+    for t in [bad, *good]:
+        t.join()
+    assert {a.user for a in store.audit_log(1000) if a.case_id == "c2"} == {f"v{i}" for i in range(5)}
+    with pytest.raises(Exception):
+        store.audit(None, "case.read")  # type: ignore[arg-type]
+    store.audit("after", "still.works")
+    assert store.audit_log(1)[0].user == "after"

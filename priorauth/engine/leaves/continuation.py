@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date as Date
+from datetime import date as Date, timedelta
 from typing import Literal, Optional
 
-from dateutil.relativedelta import relativedelta
 from pydantic import Field
 
+from ...core.dates import add_months
 from ...model.referral import Treatment
 from ..result import MET, NOT_MET, UNKNOWN, Evidence, Result, _leaf, lasted_at_least, weeks_between, weeks_text
 from ..context import Context
@@ -160,7 +160,7 @@ def _taper_attempt(node: TaperAttempt, ctx: Context) -> Result:
     label = ctx.vocab.label(node.drug_class)
     if start is None:
         return _undated_course(node, ctx, label)
-    due = start + relativedelta(months=node.after_months)
+    due = add_months(start, node.after_months)
     if due > ctx.as_of:
         return _leaf(node, MET, f"not yet required: {label} began {start}; a taper attempt is expected from {due}")
     courses = _courses(ctx, node.drug_class)
@@ -195,7 +195,7 @@ def _max_total_duration(node: MaxTotalDuration, ctx: Context) -> Result:
     label = ctx.vocab.label(node.drug_class)
     if start is None:
         return _undated_course(node, ctx, label)
-    limit = start + relativedelta(months=node.max_total_months)
+    limit = add_months(start, node.max_total_months)
     req = ctx.referral.request
     begins = req.start_date or ctx.as_of
     ev = [ctx.evidence(i, t) for i, t, _ in _courses(ctx, node.drug_class)][:1]
@@ -205,7 +205,7 @@ def _max_total_duration(node: MaxTotalDuration, ctx: Context) -> Result:
                      f"not maintenance", ev)
     text = f"{label} began {start}; short-term therapy may continue until {limit}"
     if req.cycles and req.interval_weeks:
-        last_cycle = begins + relativedelta(days=int(round((req.cycles - 1) * req.interval_weeks * 7)))
+        last_cycle = begins + timedelta(days=int(round((req.cycles - 1) * req.interval_weeks * 7)))
         if last_cycle >= limit:
             fit = 1 + int(((limit - begins).days - 1) // (req.interval_weeks * 7))
             text += f"; the requested {req.cycles} cycles run to {last_cycle}, past it: at most {fit} fit"
