@@ -31,7 +31,7 @@ BASE = {
     "date": "2026-11-20",
     "patient": {"given_name": "Test", "family_name": "Patient", "birth_date": "1970-01-01",
                 "sex": "female", "weight_kg": 60.0, "height_cm": 165},
-    "coverage": {"payer": "testpayer", "member_id": "M1"},
+    "coverage": {"payer": "baseline", "member_id": "M1"},  # the baseline itself: no "no variant" warning
     "prescriber": {"name": "Doc Tor, MD", "npi": "1234567893"},
     "diagnoses": [{"code": "M33.12"}],
     "findings": [{"kind": "muscle_biopsy", "supports_diagnosis": True}],

@@ -31,10 +31,14 @@ def decide(criteria, data):
 
 
 def test_medicare_lcd_does_not_accept_a_contraindication_alone(criteria):
+    # Issue 13: L35093 covers FDA-labelled use, and Octagam 10% is labelled for adult DM, so the
+    # sample now meets through on_label; with an off-label product the contraindication alone fails.
     medicare = decide(criteria, sample("dm-medicare-contraindication.yaml"))
     assert medicare.policy.id == "medicare-ivig-myositis"
-    assert medicare.determination == "not_eligible"
+    assert medicare.determination == "meets_criteria" and medicare.pathways_met == ["on_label"]
     assert "steroid_contraindication" not in [c["id"] for c in medicare.criteria()]
+    off_label = decide(criteria, sample("dm-medicare-contraindication.yaml", request__product="Privigen"))
+    assert off_label.determination == "not_eligible"
     baseline = decide(criteria, sample("dm-medicare-contraindication.yaml", coverage__payer="bluepeak-health"))
     assert baseline.policy.id == "ivig-myositis"
     assert baseline.determination == "meets_criteria"

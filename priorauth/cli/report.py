@@ -22,6 +22,15 @@ def explain(det: Determination, style=lambda text, **kw: text) -> str:
     if ref:
         out.append(f"Policy: {ref['title']} ({ref['id']}, payer {ref['payer']}, version {ref['version']}, "
                    f"effective {ref['effective']})")
+    if ref and ref.get("document"):
+        doc = ref["document"]
+        out.append(("Applies: " if doc.get("basis") else "Payer's policy: ") + doc["citation"]
+                   + (f", {doc['section']}" if doc.get("section") else ""))
+    if ref and ref.get("baseline_for_payer"):
+        out.append(f"No {ref['baseline_for_payer']} variant: criteria commonly used by US payers (baseline) applied")
+    pa = det.prior_authorization
+    if pa:
+        out.append(f"Prior authorization: {'required' if pa['required'] else 'none'} ({pa['label']})")
     out.append(f"As of: {det.referral.date}  Request: {det.referral.request.therapy} "
                f"{det.referral.request.product} ({det.referral.request.request_type})")
     out.append(f"Pathways met: {', '.join(det.pathways_met) or 'none'}")

@@ -38,7 +38,16 @@ def _lines(node: Any, vocab: P.Vocabulary, policy: P.Policy, depth: int, marker:
 
 def explain_policy(policy: P.Policy, vocab: P.Vocabulary) -> str:
     out = [policy.title, "=" * len(policy.title),
-           f"Policy {policy.id}, payer {policy.payer}, version {policy.version}, effective {policy.effective}",
+           f"Policy {policy.id}, payer {policy.payer}, version {policy.version}, effective {policy.effective}"
+           + (f", for {', '.join(t.replace('_', ' ') for t in policy.plan_types)}" if policy.plan_types else "")]
+    doc = policy.document
+    if doc is not None:
+        if doc.basis:
+            out.append(f"Applies: {doc.title}: {', '.join(doc.basis)}")
+        else:
+            out.append(f"Payer's policy: {doc.cite()}" + (f", {doc.section}" if doc.section else "")
+                       + (f" <{doc.url}>" if doc.url else "") + ("" if doc.verified else " (unconfirmed)"))
+    out += [
            "Covers ICD-10-CM: " + ", ".join(f"{c}*" for c in policy.covered_codes)
            + (f" (except {', '.join(policy.excluded_codes)})" if policy.excluded_codes else "")]
     if policy.authorization:
@@ -50,7 +59,9 @@ def explain_policy(policy: P.Policy, vocab: P.Vocabulary) -> str:
         out += ["", "Continuation request"] + _lines(policy.continuation, vocab, policy, 0, "-")
     out += ["", "Sources"]
     for key, src in policy.sources.items():
-        out.append(f"  [{key}] {src.citation}" + (f" <{src.url}>" if src.url else "")
+        text = policy.citation(key) if src.section else src.citation
+        kind = f" ({src.kind})" if src.kind != "policy" else ""
+        out.append(f"  [{key}]{kind} {text}" + (f" <{src.url}>" if src.url else "")
                    + ("" if src.verified else " (unconfirmed)"))
     out += ["", "(unconfirmed): not confirmed in a published source; check with the payer before relying on it."]
     return "\n".join(out)

@@ -1,8 +1,9 @@
 """`priorauth lint`: a criteria folder checked for shape (pydantic) and meaning.
 
-Meaning: every drug class and finding kind a rule names exists, every node cites a
-source the policy defines, node ids are unique, no two policies claim the same payer,
-therapy, code and dates, and no node can never be met.
+Meaning: every drug class and finding kind a rule names exists, every node cites a named
+source the policy defines (a citation that names a document), a payer's variant names the
+payer's own policy document, node ids are unique, no two policies claim the same payer, line of
+business, therapy, code and dates, and no node can never be met.
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ def _policy(pol: P.Policy, vocab: P.Vocabulary, safety: P.SafetyRules) -> list[s
     for node in pol.nodes():
         at = f"{where}: node {node.id}"
         if not node.source:
-            out.append(f"{at}: source: every rule must cite a source")
+            out.append(f"{at}: source: every rule must cite a source, named in the policy's sources")
         elif node.source not in pol.sources:
             out.append(f"{at}: source: {node.source!r} is not among the policy's sources ({', '.join(pol.sources)})")
+        elif not _named(pol.sources[node.source].citation):
+            out.append(f"{at}: source: {node.source!r} has no citation naming a document")
         leaf = LEAF_TYPES.get(getattr(node, "type", None))
         if leaf is not None:
             out += [f"{at}: drug class {cls!r} is not defined in drugs.yaml"
@@ -113,6 +116,12 @@ def _policy(pol: P.Policy, vocab: P.Vocabulary, safety: P.SafetyRules) -> list[s
             out.append(f"{at}: can never be met: at_least {node.at_least} of {len(node.of)} children")
     if pol.authorization and pol.authorization.source and pol.authorization.source not in pol.sources:
         out.append(f"{where}: authorization.source: {pol.authorization.source!r} is not among the policy's sources")
+    if pol.payer != "baseline" and pol.document is None:
+        out.append(f"{where}: document: a payer variant must name the payer's own policy "
+                   f"(document: {{number, title, date, section, url}})")
+    for key, src in pol.sources.items():
+        if src.section and pol.document is None:
+            out.append(f"{where}: sources.{key}.section: a section of no document (the policy has no `document`)")
     if not pol.covered_codes:
         out.append(f"{where}: covered_codes: empty, the policy can never apply")
     if not any(n.pathway for n in pol.nodes()):
@@ -126,8 +135,16 @@ def _overlaps(policies: list[P.Policy]) -> list[str]:
         for b in policies[i + 1:]:
             if (a.payer, a.therapy, a.effective) != (b.payer, b.therapy, b.effective):
                 continue
+            if a.plan_types and b.plan_types and not set(a.plan_types) & set(b.plan_types):
+                continue  # distinct lines of business (Original Medicare and Medicare Advantage)
             shared = [c for c in a.covered_codes if b.covers(c)] + [c for c in b.covered_codes if a.covers(c)]
             if shared:
                 out.append(f"{b.file}: policy {b.id}: claims payer {b.payer!r}, therapy {b.therapy} and code(s) "
                            f"{', '.join(sorted(set(shared)))} from {b.effective}, as does {a.id} ({a.file})")
     return out
+
+
+def _named(citation: str) -> bool:
+    """A citation names its source: some words, not a placeholder."""
+    text = (citation or "").strip()
+    return len(text) >= 8 and text.casefold() not in {"todo", "tbd", "unknown", "source", "n/a"}

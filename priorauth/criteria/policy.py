@@ -338,6 +338,43 @@ class Source(_Strict):
     citation: str
     url: Optional[str] = None
     verified: bool = True
+    # A source with a `section` is a section of the policy's own `document` (payer policy
+    # library): a criterion citing it is cited as "<document>, <section>: <citation>".
+    section: Optional[str] = None
+    # literature / background (a clinical trial, a non-US guideline) is never cited as the
+    # payer's policy: a criterion citing it is cited as background beside the document.
+    kind: Literal["policy", "literature", "background"] = "policy"
+
+
+LineOfBusiness = Literal["original_medicare", "medicare_advantage", "medicaid", "commercial"]
+
+
+class Document(_Strict):
+    """The payer's own policy document a variant encodes (the payer policy library)."""
+
+    number: Optional[str] = Field(default=None, description="the payer's policy number, e.g. CPB 0206")
+    title: str
+    date: Optional[str] = Field(default=None, description="effective or last-review date as the payer states it")
+    section: Optional[str] = Field(default=None, description="the section holding this condition's criteria")
+    url: Optional[str] = None
+    publisher: Optional[str] = None
+    verified: bool = True
+    note: Optional[str] = None
+    basis: list[str] = Field(default=[], description="baseline only: the payer documents whose common criteria it applies")
+
+    def cite(self) -> str:
+        if self.basis:  # the baseline: criteria common to the named payer documents
+            return f"{self.title} ({'; '.join(self.basis)})"
+        head = " ".join(x for x in (self.publisher, self.number) if x)
+        text = f"{head}, {self.title}" if head else self.title
+        if self.date:
+            text += f" ({self.date})"
+        return text
+
+    def to_dict(self) -> dict:
+        return {"number": self.number, "title": self.title, "date": self.date, "section": self.section,
+                "url": self.url, "publisher": self.publisher, "verified": self.verified,
+                "basis": list(self.basis), "citation": self.cite()}
 
 
 class Authorization(_Strict):
@@ -363,6 +400,10 @@ class Policy(_Strict):
     criteria: Node
     continuation: Optional[Node] = Field(default=None, description="criteria for request_type continuation")
     authorization: Optional[Authorization] = None
+    document: Optional[Document] = Field(default=None, description="the payer's own policy this variant encodes")
+    plan_types: list[LineOfBusiness] = Field(
+        default=[], description="lines of business this variant is for; empty: any the payer's plans do not "
+                                "route to another payer's rules (criteria/payers.yaml)")
     file: Optional[str] = None
 
     def covers(self, code: str) -> bool:
@@ -396,7 +437,33 @@ class Policy(_Strict):
     def reference(self) -> dict[str, Any]:
         """How a determination names the policy that decided it (spec section 3)."""
         return {"id": self.id, "payer": self.payer, "version": self.version, "effective": self.effective.isoformat(),
-                "title": self.title, "sources": [s.citation for s in self.sources.values()]}
+                "title": self.title, "sources": [s.citation for s in self.sources.values()],
+                "document": self.document.to_dict() if self.document else None,
+                "plan_types": list(self.plan_types)}
+
+    def applies_to(self, plan_type: Optional[str]) -> bool:
+        return not self.plan_types or plan_type in self.plan_types
+
+    def citation(self, key: Optional[str]) -> Optional[str]:
+        """The text a criterion citing source `key` cites: a section of the payer's document, or the
+        source by name beside the document (literature and background are never the policy)."""
+        return self._citations.get(key) if key else None
+
+    @cached_property
+    def _citations(self) -> dict[str, str]:
+        doc = self.document
+        out = {}
+        for key, src in self.sources.items():
+            if doc is None:
+                out[key] = src.citation
+            elif src.section:
+                out[key] = f"{doc.cite()}, {src.section}: {src.citation}"
+            elif src.kind == "policy":
+                where = f", {doc.section}" if doc.section else ""
+                out[key] = f"{doc.cite()}{where}; as applied here: {src.citation}"
+            else:
+                out[key] = f"{doc.cite()}; {src.kind}: {src.citation}"
+        return out
 
     @cached_property
     def verified_nodes(self) -> frozenset[int]:
@@ -463,6 +530,8 @@ def _merge(parent: dict, child: dict, path: Path) -> dict:
     """Apply a variant's changes to a copy of its parent's raw data."""
     out = copy.deepcopy(parent)
     out.pop("abstract", None)
+    if "document" not in child and child.get("payer", parent.get("payer")) != parent.get("payer"):
+        out.pop("document", None)  # another payer's variant names its own document, never its parent's
     for key, value in child.items():
         if key in VARIANT_KEYS:
             continue
@@ -575,6 +644,94 @@ class SafetyRules(_Strict):
         return {}
 
 
+# ------------------------------------------------------------------ payers, labels, code headers
+
+
+class PayerInfo(_Strict):
+    name: str
+    default_plan_type: Optional[LineOfBusiness] = None
+    note: Optional[str] = None
+
+
+class LineInfo(_Strict):
+    label: str
+    prior_authorization: bool
+    coverage_rules_of: Optional[str] = Field(
+        default=None, description="a payer whose variants apply to this line of business when the plan's "
+                                  "own payer has none for it (Medicare Advantage follows Medicare's NCDs/LCDs)")
+    note: str
+    source: str
+    verified: bool = True
+
+
+class PayerTable(_Strict):
+    """criteria/payers.yaml: payer defaults and what each line of business does."""
+
+    default_plan_type: Optional[LineOfBusiness] = None
+    payers: dict[str, PayerInfo] = {}
+    lines_of_business: dict[LineOfBusiness, LineInfo] = {}
+    sources: dict[str, Source] = {}
+
+
+class LabelIndication(_Strict):
+    indication: str
+    codes: list[IcdCode] = Field(min_length=1, description="ICD-10-CM codes or prefixes the indication covers")
+    min_age: Optional[int] = Field(default=None, ge=0, description="age group: at least this many years")
+    max_age: Optional[int] = Field(default=None, ge=0, description="age group: at most this many years")
+    severity: Optional[str] = None
+    since: IsoDate = Field(description="date the FDA approved this indication for this product")
+    source: str
+    url: Optional[str] = None
+    verified: bool = True
+    note: Optional[str] = None
+
+    def age_group(self) -> str:
+        if self.min_age is not None and self.max_age is None:
+            return "adults" if self.min_age == 18 else f"patients aged {self.min_age} and older"
+        if self.max_age is not None:
+            return f"patients aged {self.min_age or 0} to {self.max_age}"
+        return "all ages"
+
+    def fits_age(self, age: int) -> bool:
+        return (self.min_age is None or age >= self.min_age) and (self.max_age is None or age <= self.max_age)
+
+
+class LabelTable(_Strict):
+    """criteria/labels.yaml: FDA-labelled indications by product (brand as in products.yaml)."""
+
+    labels: dict[str, list[LabelIndication]] = {}
+
+    @cached_property
+    def _index(self) -> dict[str, str]:
+        return {name_key(b): b for b in self.labels}
+
+    def for_product(self, brand: str) -> Optional[list[LabelIndication]]:
+        key = self._index.get(name_key(brand))
+        return self.labels[key] if key else None
+
+
+class CodeHeader(_Strict):
+    title: str
+    billable: list[IcdCode] = Field(min_length=1, description="the billable codes under this header")
+    source: str
+    verified: bool = True
+
+
+class HeaderTable(_Strict):
+    """criteria/icd10-headers.yaml: ICD-10-CM category headers that are not billable."""
+
+    headers: dict[str, CodeHeader] = {}
+    sources: dict[str, Source] = {}
+
+    @field_validator("headers")
+    @classmethod
+    def _keys(cls, value: dict) -> dict:
+        return {normalize_icd10(k): v for k, v in value.items()}
+
+    def header(self, code: str) -> Optional[CodeHeader]:
+        return self.headers.get(code)
+
+
 @dataclass
 class Criteria:
     """Everything in a criteria folder, loaded and validated."""
@@ -586,6 +743,9 @@ class Criteria:
     policies: list[Policy] = field(default_factory=list)
     safety: SafetyRules = field(default_factory=lambda: SafetyRules(rules={}))
     billing: Optional[BillingTable] = None  # criteria/billing.yaml (none: no billing block)
+    payers: PayerTable = field(default_factory=PayerTable)
+    labels: LabelTable = field(default_factory=LabelTable)
+    headers: HeaderTable = field(default_factory=HeaderTable)
     selection_cache: dict = field(default_factory=dict, repr=False)
 
     @cached_property
@@ -595,9 +755,32 @@ class Criteria:
             out.setdefault(p.therapy, []).append(p)
         return out
 
-    def select_policy(self, therapy: str, codes: list[str], payer: str, on: Date) -> Optional[Policy]:
+    def select_policy(self, therapy: str, codes: list[str], payer: str, on: Date,
+                      plan_type: Optional[str] = None) -> Optional[Policy]:
         """The policy that applies (spec section 2); None when none covers a diagnosis."""
-        return select_policy(self, therapy, codes, payer, on)
+        return select_policy(self, therapy, codes, payer, on, plan_type)
+
+    def plan_type(self, payer: str, plan_type: Optional[str] = None) -> Optional[str]:
+        """The line of business: the referral's plan_type, else the payer's default (payer
+        `medicare` alone means Original Medicare), else the table's default."""
+        if plan_type:
+            return plan_type
+        info = self.payers.payers.get(payer)
+        if info is not None and info.default_plan_type:
+            return info.default_plan_type
+        return self.payers.default_plan_type
+
+    def prior_authorization(self, payer: str, plan_type: Optional[str] = None) -> Optional[dict]:
+        """Whether the line of business does prior authorization, as the determination states it."""
+        lob = self.plan_type(payer, plan_type)
+        line = self.payers.lines_of_business.get(lob) if lob else None
+        if line is None:
+            return None
+        src = self.payers.sources.get(line.source)
+        return {"required": line.prior_authorization, "line_of_business": lob, "label": line.label,
+                "note": line.note, "source": src.citation if src else line.source,
+                "verified": line.verified and (src is None or src.verified),
+                "explicit_plan_type": bool(plan_type)}
 
 
 def load_model(model: type[BaseModel], path: Path) -> Any:
@@ -668,34 +851,68 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     safety = load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
     billing_file = root / "billing.yaml"
     billing = load_model(BillingTable, billing_file) if billing_file.exists() else None
-    loaded = Criteria(root, vocabulary, products, therapies, policies, safety, billing=billing)
+    tables = {name: load_model(model, root / file) if (root / file).exists() else model()
+              for name, model, file in OPTIONAL_TABLES}
+    loaded = Criteria(root, vocabulary, products, therapies, policies, safety, billing=billing, **tables)
     if cached is not None:
         cache.store(root, cached[0], loaded)
     return loaded
 
 
-def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str, on: Date) -> Optional[Policy]:
+# Tables beside the policies, each optional (a criteria folder without one behaves as before).
+OPTIONAL_TABLES = (("payers", PayerTable, "payers.yaml"), ("labels", LabelTable, "labels.yaml"),
+                   ("headers", HeaderTable, "icd10-headers.yaml"))
+
+
+def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str, on: Date,
+                  plan_type: Optional[str] = None) -> Optional[Policy]:
     """The policy for this therapy covering the first diagnosis that any policy covers.
 
-    The payer's own variant wins over the baseline; among versions, the newest one in
-    effect on the referral date.
+    The payer's own variant for the line of business wins; a line of business that follows
+    another payer's rules (Medicare Advantage: Medicare's NCDs and LCDs, criteria/payers.yaml)
+    takes that payer's variant for it next; then the baseline. Among versions, the newest one
+    in effect on the referral date. `plan_type` None: the payer's default line of business.
     """
+    lob = criteria.plan_type(payer, plan_type)
     for code in codes:
-        for group in _candidates(criteria, therapy, code, payer):
+        for group in _candidates(criteria, therapy, code, payer, lob):
             for p in group:
                 if p.effective <= on:
                     return p
     return None
 
 
-def _candidates(criteria: Criteria, therapy: str, code: str, payer: str) -> tuple[list[Policy], list[Policy]]:
-    """(payer's policies, baseline policies) covering the code, newest first; cached, since a
-    batch asks the same few questions hundreds of thousands of times."""
-    key = (therapy, code, payer)
+def _covering(criteria: Criteria, policy: Policy, code: str) -> bool:
+    """A policy covers a code, or, for a non-billable category header, one of its billable codes
+    (diagnosis_covered then asks for the billable code)."""
+    if policy.covers(code):
+        return True
+    header = criteria.headers.header(code)
+    return header is not None and any(policy.covers(c) for c in header.billable)
+
+
+def _candidates(criteria: Criteria, therapy: str, code: str, payer: str,
+                lob: Optional[str] = None) -> tuple[list[Policy], ...]:
+    """(payer's policies, policies of the payer whose rules the line of business follows,
+    baseline policies) covering the code, newest first; cached, since a batch asks the same
+    few questions hundreds of thousands of times."""
+    key = (therapy, code, payer, lob)
     hit = criteria.selection_cache.get(key)
     if hit is None:
-        covering = sorted((p for p in criteria.by_therapy.get(therapy, ()) if p.covers(code)),
+        covering = sorted((p for p in criteria.by_therapy.get(therapy, ()) if _covering(criteria, p, code)),
                           key=lambda p: p.effective, reverse=True)
-        hit = ([p for p in covering if p.payer == payer], [p for p in covering if p.payer == "baseline"])
+        line = criteria.payers.lines_of_business.get(lob) if lob else None
+        rules_of = line.coverage_rules_of if line else None
+        if rules_of:
+            # A Medicare Advantage plan follows Medicare's coverage rules: a payer's own
+            # commercial variant does not apply unless it names this line of business.
+            # (The rules' own payer: a variant naming no line of business applies to all of them.)
+            own = [p for p in covering if p.payer == payer and (lob in p.plan_types or
+                                                                 (payer == rules_of and not p.plan_types))]
+            other = [p for p in covering if p.payer == rules_of and p.applies_to(lob)] if rules_of != payer else []
+        else:
+            own = [p for p in covering if p.payer == payer and p.applies_to(lob)]
+            other = []
+        hit = (own, other, [p for p in covering if p.payer == "baseline"])
         criteria.selection_cache[key] = hit
     return hit

@@ -12,6 +12,7 @@ from .context import make_context, resolve_treatments
 from .course import course_of, product_of
 from .fit import would_fit
 from .dosing import DEFAULT_ADJUSTED_WEIGHT_BMI, compute as compute_dosing
+from .leaves.label import label_status
 from .result import MET, NOT_MET, UNKNOWN, Result
 from .tree import evaluate_node
 from ..model.referral import Referral
@@ -35,6 +36,9 @@ class Determination:
     course: dict = field(default_factory=dict)  # earlier courses of the therapy, patient age (engine.course)
     product: dict = field(default_factory=dict)  # the requested product's brand, HCPCS code, billing unit
     billing: Optional[dict] = None  # HCPCS, NDC lines, JW / JZ, administration CPT, place of service (engine.billing)
+    prior_authorization: Optional[dict] = None  # does the line of business do prior authorization (payers.yaml)
+    label: Optional[dict] = None  # the product's FDA-label status for this diagnosis and age (labels.yaml)
+    baseline_for_payer: Optional[str] = None  # the payer whose referral got the baseline (no variant of its own)
     would_fit: list[dict] = field(default_factory=list)  # changes that would meet the policy (engine.fit)
 
     @property
@@ -58,6 +62,7 @@ class Determination:
                 "parent": parent,
                 "pathway": pathway,
                 "source": source,
+                "citation": self.policy.citation(source),
                 "verified": verified,
             })
         return out
@@ -92,7 +97,9 @@ class Determination:
                 **authorization_cycles(self.referral, self.dosing, start, end)}
 
     def policy_ref(self) -> Optional[dict]:
-        return dict(self.policy.reference) if self.policy else None
+        if not self.policy:
+            return None
+        return {**self.policy.reference, "baseline_for_payer": self.baseline_for_payer}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -112,6 +119,8 @@ class Determination:
             "warnings": self.warnings,
             "course": self.course,
             "product": self.product,
+            "prior_authorization": self.prior_authorization,
+            "label": self.label,
             "would_fit": self.would_fit,
         }
 
@@ -124,6 +133,8 @@ def determine(referral: Referral, criteria: Any, warnings: list[str] | None = No
     det, known = _decide(referral, criteria, warnings)
     det.product = product_of(referral, criteria.products)
     det.billing = billing_block(referral, det.dosing, criteria.products, getattr(criteria, "billing", None))
+    det.prior_authorization = criteria.prior_authorization(referral.coverage.payer, referral.coverage.plan_type)
+    det.label = label_status(referral, criteria)
     for s in screen_all(referral, criteria, known):
         if s.status != "ok":
             det.safety.append({"rule": s.rule_id, "label": s.rule.label, "status": s.status, "message": s.message})
@@ -134,8 +145,19 @@ def determine(referral: Referral, criteria: Any, warnings: list[str] | None = No
 def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tuple[Determination, Any]:
     """The determination, and the safety facts if evaluating worked them out (the screen reuses them)."""
     codes = [d.code for d in referral.diagnoses]
-    policy = criteria.select_policy(referral.request.therapy, codes, referral.coverage.payer, referral.date)
+    payer, plan_type = referral.coverage.payer, referral.coverage.plan_type
+    policy = criteria.select_policy(referral.request.therapy, codes, payer, referral.date, plan_type)
     warnings = list(warnings or [])
+    baseline_for = None
+    if policy is not None and policy.payer != payer:
+        if policy.payer == "baseline":
+            baseline_for = payer
+            warnings.append(f"payer {payer!r} has no policy variant here for {referral.request.therapy} and this "
+                            f"diagnosis: the baseline (criteria commonly used by US payers) is applied; check "
+                            f"the payer's own policy")
+        else:
+            warnings.append(f"payer {payer!r}, {criteria.plan_type(payer, plan_type)}: the {policy.payer} coverage "
+                            f"rules apply ({policy.title})")
     if policy is None:
         # Nothing to evaluate (reasons() says why), but the chart's unknown drug names and
         # the dose are still worth showing.
@@ -151,7 +173,7 @@ def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tu
     det = Determination(referral, policy, OUTCOMES[result.status], result, pathways,
                         list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat,
                         course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy),
-                        would_fit=would_fit(result, ctx))
+                        baseline_for_payer=baseline_for, would_fit=would_fit(result, ctx))
     return det, ctx._facts  # None unless a safety leaf needed them
 
 

@@ -12,7 +12,7 @@ from pydantic import Discriminator, Tag
 
 from .. import nodes as _nodes
 from ..nodes import COMBINATORS, AllOf, AnyOf, AtLeast
-from . import continuation, diagnosis, history, limits, payer, safety, scope  # noqa: F401  (importing registers them)
+from . import continuation, diagnosis, history, label, limits, payer, safety, scope  # noqa: F401  (importing registers them)
 from . import prerequisites  # noqa: F401  (lab screening, severity, product list)
 from .limits import Dosing
 from .registry import BY_MODEL, LEAF_TYPES, LeafType, register

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date as Date
+from datetime import date as Date, timedelta
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -46,6 +46,16 @@ class TaperAttempt(NodeBase):
     type: Literal["taper_attempt"]
     drug_class: str
     after_months: int = Field(ge=0)
+
+
+class MaxTotalDuration(NodeBase):
+    """Short-term therapy only: the requested course starts before `max_total_months` have
+    passed since the first course of the therapy began (NCD 250.3: blistering-disease IVIG is
+    short-term, not maintenance; the number of months is the policy's parameter)."""
+
+    type: Literal["max_total_duration"]
+    drug_class: str
+    max_total_months: int = Field(ge=1)
 
 
 def _describe_prior_course(node: PriorCourse, vocab) -> str:
@@ -172,3 +182,31 @@ def _taper_attempt(node: TaperAttempt, ctx: Context) -> Result:
                      [node.document or f"dose (g/kg) and interval (weeks) of each {label} course, to show the taper attempt"])
     return _leaf(node, NOT_MET, f"no attempt to lower the dose or lengthen the interval after {node.after_months} "
                  f"months of {label} (since {start})", [e for _, _, e in steps])
+
+
+def _describe_max_total(node: MaxTotalDuration, vocab) -> str:
+    return (f"short-term therapy: no more than {node.max_total_months} months of {vocab.label(node.drug_class)} "
+            f"in all, counted from the first course")
+
+
+@register(MaxTotalDuration, describe=_describe_max_total, classes=drug_class)
+def _max_total_duration(node: MaxTotalDuration, ctx: Context) -> Result:
+    start = _first_start(ctx, node.drug_class)
+    label = ctx.vocab.label(node.drug_class)
+    if start is None:
+        return _undated_course(node, ctx, label)
+    limit = add_months(start, node.max_total_months)
+    req = ctx.referral.request
+    begins = req.start_date or ctx.as_of
+    ev = [ctx.evidence(i, t) for i, t, _ in _courses(ctx, node.drug_class)][:1]
+    if begins >= limit:
+        return _leaf(node, NOT_MET, f"{label} began {start}; this course would start {begins}, past the "
+                     f"{node.max_total_months}-month limit ({limit}): the policy covers short-term therapy, "
+                     f"not maintenance", ev)
+    text = f"{label} began {start}; short-term therapy may continue until {limit}"
+    if req.cycles and req.interval_weeks:
+        last_cycle = begins + timedelta(days=int(round((req.cycles - 1) * req.interval_weeks * 7)))
+        if last_cycle >= limit:
+            fit = 1 + int(((limit - begins).days - 1) // (req.interval_weeks * 7))
+            text += f"; the requested {req.cycles} cycles run to {last_cycle}, past it: at most {fit} fit"
+    return _leaf(node, MET, text, ev)

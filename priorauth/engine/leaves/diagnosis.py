@@ -29,13 +29,34 @@ def _lint_finding(node: FindingLeaf, vocab, safety) -> list[str]:
             for k in node.kinds if k not in FINDING_KINDS]
 
 
-@register(DiagnosisCovered, describe=lambda node, vocab: "a diagnosis code this policy covers")
+@register(DiagnosisCovered, describe=lambda node, vocab: "a billable diagnosis code this policy covers")
 def _diagnosis_covered(node: DiagnosisCovered, ctx: Context) -> Result:
+    headers = ctx.criteria.headers  # criteria/icd10-headers.yaml: non-billable category headers
+    pending = []  # (index, code, billable codes under it that the policy covers)
     for i, d in enumerate(ctx.referral.diagnoses):
+        header = headers.header(d.code)
+        if header is not None:
+            choices = [c for c in header.billable if ctx.policy.covers(c)]
+            if choices:
+                pending.append((i, d.code, header, choices))
+            continue
         if ctx.policy.covers(d.code):
             label = f"{d.code} {d.description}" if d.description else d.code
             return _leaf(node, MET, f"{label} is a covered diagnosis under {ctx.policy.title}",
                          [Evidence("diagnosis", i, label)])
+    if pending:
+        # A header is not a billable ICD-10-CM code: a claim with it is returned, so coverage
+        # waits for the billable code (spec revision 2, "billable codes").
+        ev = [Evidence("diagnosis", i, f"{code} ({header.title}): category header, not billable")
+              for i, code, header, _ in pending]
+        why = "; ".join(f"{code} ({header.title}) is a category header, not a billable ICD-10-CM code: "
+                        f"choose one of {', '.join(choices)}" for _, code, header, choices in pending)
+        missing = [f"a billable ICD-10-CM code instead of the header {code} (one of {', '.join(choices)})"
+                   for _, code, _, choices in pending]
+        if any(not h.verified for _, _, h, _ in pending):
+            ctx.warnings.append("the billable-code list for " + ", ".join(c for _, c, h, _ in pending if not h.verified)
+                                + " is not confirmed in a published source (verified: false)")
+        return _leaf(node, UNKNOWN, why, ev, missing)
     return _leaf(node, NOT_MET, "no diagnosis code on the referral is covered by this policy")
 
 
