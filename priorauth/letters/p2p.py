@@ -57,7 +57,7 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
             dates.append((f.date, f"{label}{': ' + f.result if f.result else ''}"))
     for t, shown in zip(ref.treatments, ctx["treatments"]):
         if t.start_date:
-            end = (", still taken" if shown["end_date"] == "ongoing" else f" to {shown['end_date']}") if shown["end_date"] else ""
+            end = (", still taken" if shown["end_date"] == "present" else f" to {shown['end_date']}") if shown["end_date"] else ""
             dates.append((t.start_date, f"{t.drug} started{end}"
                                         f"{' (' + shown['weeks'] + ' weeks)' if shown['weeks'] else ''}"
                                         f"{': ' + shown['outcome'].lower() if shown['outcome'] else ''}"))
