@@ -184,9 +184,14 @@ def required_facts(ref, det) -> list[str]:
         facts += [f"{d['dose_mg']:,.0f} mg", f"{d['billing_units_per_dose']} units"]
     facts += [r.node.label for r, _ in det.result.walk() if r.node.pathway and r.status == "met"]
     facts += [t.drug for t in ref.treatments]
+    from priorauth.letters import content
+
+    lit = content.literature_table()
     cited = {r.node.source for r, _ in det.result.walk() if r.status == "met" and not r.children}
-    facts += [det.policy.sources[k].citation for k in cited if k in det.policy.sources]
-    facts += [det.policy.sources[k].citation for k in det.policy.literature]
+    # A non-US guideline is never printed as the policy of a US payer (issue 14).
+    facts += [det.policy.sources[k].citation for k in cited
+              if k in det.policy.sources and not content.non_us(det.policy.sources[k].citation, lit)]
+    facts += [e["citation"] for e in content.literature(ref, ref.diagnoses[0].code, lit)]
     return facts
 
 
@@ -304,7 +309,7 @@ def test_cli_templates_option_and_variable(tmp_path, monkeypatch):
     alt = tmp_path / "templates"
     shutil.copytree(render.TEMPLATES, alt)
     text = (alt / "letter-text.yaml").read_text(encoding="utf-8")
-    (alt / "letter-text.yaml").write_text(text.replace("Dear Medical Director:", "Dear Reviewer:"), encoding="utf-8")
+    (alt / "letter-text.yaml").write_text(text.replace("To the medical reviewer:", "Dear Reviewer:"), encoding="utf-8")
     out = tmp_path / "a.md"
     assert run(DM, "-o", out, "--templates", alt).exit_code == 0
     assert "Dear Reviewer:" in out.read_text(encoding="utf-8")

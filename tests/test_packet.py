@@ -138,7 +138,7 @@ def test_cli_packet_takes_a_templates_folder(tmp_path):
     alt = tmp_path / "templates"
     shutil.copytree(render.TEMPLATES, alt)
     text = (alt / "letter-text.yaml").read_text(encoding="utf-8")
-    (alt / "letter-text.yaml").write_text(text.replace("Dear Medical Director:", "Dear Reviewer:"), encoding="utf-8")
+    (alt / "letter-text.yaml").write_text(text.replace("To the medical reviewer:", "Dear Reviewer:"), encoding="utf-8")
     out = tmp_path / "p.pdf"
     assert run(DM, "-o", out, "--templates", alt).exit_code == 0
     assert "Dear Reviewer:" in " ".join(page_texts(out.read_bytes()))
