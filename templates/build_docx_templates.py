@@ -293,6 +293,7 @@ class Letter:
         t = self.doc.add_table(rows=1, cols=1)
         table_borders(t, color="C00000", size=12)
         cell_margins(t, 80, 80, 140, 140)
+        no_split(t.rows[0])
         cell = t.rows[0].cells[0]
         shade(cell, "FDECEA")
         p = cell.paragraphs[0]

@@ -151,15 +151,18 @@ def history(ref, words: dict) -> Optional[dict]:
         latest[a.measure] = a
     scores = []
     for key, a in latest.items():
-        meta = measures.get(key) or {}
         prev = previous.get(key)
 
         def shown(x):
             return x.result if x.value is None else f"{num(x.value)}{' ' + x.unit if x.unit else ''}"
 
-        scores.append({"label": meta.get("label") or key.replace("_", " "), "value": shown(a), "date": us_date(a.date),
+        from .context import measure_label
+
+        scores.append({"label": measure_label(words, key), "value": shown(a), "date": us_date(a.date),
                        "previous": f"{shown(prev)} on {us_date(prev.date)}" if prev is not None else None})
-    text = cs.history if cs and cs.history else None
+    from .context import iso_dates
+
+    text = iso_dates(cs.history) if cs and cs.history else None
     goal = cs.goal if cs and cs.goal else None
     if not (text or goal or organs or scores):
         return None

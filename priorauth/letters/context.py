@@ -74,6 +74,20 @@ def plain(text: str) -> str:
     return _ACRONYMS.sub(lambda m: m.group(1).upper(), text)
 
 
+def iso_dates(text: Optional[str]) -> Optional[str]:
+    """Free text of the referral with its ISO dates as the letter writes dates (02/01/2025), nothing else changed."""
+    return _ISO_IN_TEXT.sub(r"\2/\3/\1", text) if text else text
+
+
+def measure_label(words: Mapping[str, Any], key: str) -> str:
+    """A measure as the letter names it: the wording's label, else its key in words ("emg_summary" -> "EMG summary")."""
+    meta = (words.get("measures") or {}).get(key) or {}
+    if meta.get("label"):
+        return meta["label"]
+    text = _ACRONYMS.sub(lambda m: m.group(1).upper(), key.replace("_", " "))
+    return text[:1].upper() + text[1:]
+
+
 def us_dates(text: Optional[str]) -> Optional[str]:
     """The determination's sentences say 2025-02-01; the letter says 02/01/2025 throughout, in plain words."""
     return plain(_ISO_IN_TEXT.sub(r"\2/\3/\1", text)) if text else text
@@ -143,7 +157,7 @@ def _continuation(referral, words: dict, course: dict, therapy_short: str) -> di
     for key, points in groups.items():
         points = sorted(points, key=lambda a: a.date)
         meta = words.get("measures", {}).get(key) or {}
-        label = meta.get("label") or key.replace("_", " ")
+        label = measure_label(words, key)
         unit = next((p.unit for p in reversed(points) if p.unit), None) or ""
         if first is not None:
             before = [p for p in points if p.date <= first]
@@ -334,15 +348,15 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "primary_diagnosis": {"code": primary.code, "description": primary.description,
                               "text": f"{primary.description} ({primary.code})" if primary.description else primary.code},
         "confirmation": [{"kind": f.kind, "label": finding_words.get(f.kind, {}).get("label", f.kind),
-                          "date": us_date(f.date), "result": f.result}
+                          "date": us_date(f.date), "result": iso_dates(f.result)}
                          for f in ref.findings if f.supports_diagnosis],
         "treatments": [{"drug": t.drug, "route": words["route"].get(t.route, t.route) if t.route else None,
                         "dose": t.dose, "start_date": us_date(t.start_date),
                         "end_date": us_date(t.end_date) if t.end_date else ("present" if t.start_date else None),
                         "weeks": weeks(t),
                         "outcome": words["outcome"].get(t.outcome, t.outcome) if t.outcome else None,
-                        "details": us_dates(t.details) if t.details else t.details} for t in ref.treatments],
-        "contraindications": [{"what": c.drug or (c.drug_class or "").replace("_", " "), "reason": c.reason,
+                        "details": iso_dates(t.details)} for t in ref.treatments],
+        "contraindications": [{"what": c.drug or (c.drug_class or "").replace("_", " "), "reason": iso_dates(c.reason),
                                "date": us_date(c.documented_date)} for c in ref.contraindications],
         "policy": {"found": policy is not None,
                    "id": policy.id if policy else None, "title": policy.title if policy else None,
@@ -454,8 +468,7 @@ def _enclosures(ref, ctx: dict, words: dict) -> list[str]:
             name = words["findings"].get(f.kind, {}).get("enclosure", f.kind.replace("_", " "))
             out.append(f"{name}{', ' + us_date(f.date) if f.date else ''}")
     if ref.assessments:
-        labels = list(dict.fromkeys((words["measures"].get(a.measure) or {}).get("label") or a.measure
-                                    for a in ref.assessments))
+        labels = list(dict.fromkeys(measure_label(words, a.measure) for a in ref.assessments))
         out.append(_say(enc["assessments"], ctx, measures=labels))
     if ref.treatments:
         out.append(_say(enc["treatments"], ctx, drugs=list(dict.fromkeys(t.drug for t in ref.treatments))))

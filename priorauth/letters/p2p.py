@@ -23,6 +23,7 @@ def pmid(*texts: Optional[str]) -> Optional[str]:
 
 def p2p_context(referral, determination, *, draft: bool = False, denial: Optional[Mapping[str, Any]] = None,
                 vocabulary=None, words: Optional[dict] = None) -> dict:
+    from .context import measure_label
     from .render import letter_context, num, us_date, us_dates
 
     ref, det = referral, determination
@@ -32,11 +33,21 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
     rows = det.criteria()
     by_id = {r["id"]: r for r in rows}
 
+    from . import content
+
+    lit = content.literature_table()
+    own = content.payer_citations(content.det_view(det))
+    document = ctx["policy"].get("document")
+
     def item(r: dict) -> dict:
         src = policy.sources.get(r["source"]) if policy and r["source"] else None
+        if own.get(r["id"]):
+            src = None
+        elif src is not None and (document is not None or content.non_us(src.citation, lit)):
+            src = None  # never a non-US guideline as the policy of a US payer
         return {"id": r["id"], "label": r["label"], "status_text": STATUS.get(r["status"], r["status"]),
                 "reason": us_dates(r["reason"]), "evidence": [us_dates(e["summary"]) for e in r["evidence"]][:4],
-                "citation": src.citation if src else None, "url": src.url if src else None}
+                "citation": own.get(r["id"]) or (src.citation if src else None), "url": src.url if src else None}
 
     if denial and denial.get("criteria"):
         contested = [item(by_id[c]) for c in denial["criteria"] if c in by_id]
@@ -72,19 +83,19 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
     labs: dict[str, list] = {}
     for a in sorted(ref.assessments, key=lambda a: a.date):
         labs.setdefault(a.measure, []).append(a)
-    measures = (words or {}).get("measures", {})
     lab_rows = []
     for key, points in list(labs.items())[:MAX_LABS]:
-        meta = measures.get(key) or {}
         unit = next((p.unit for p in reversed(points) if p.unit), "") or ""
         values = [f"{num(p.value) if p.value is not None else (p.result or '')} ({us_date(p.date)})" for p in points[-4:]]
-        lab_rows.append({"label": (meta.get("label") or key) + (f", {unit}" if unit else ""), "values": " → ".join(values)})
+        lab_rows.append({"label": measure_label(words or {}, key) + (f", {unit}" if unit else ""),
+                         "values": " → ".join(values)})
 
-    wording = [f"{policy.title}, version {policy.version}"] if policy else ["No coverage policy applies."]
+    wording = [ctx["policy_name"][:1].upper() + ctx["policy_name"][1:]] if policy else ["No coverage policy applies."]
     for c in contested:
         if c["citation"] and c["citation"] not in wording:
             wording.append(c["citation"])
-    literature = [{"citation": l["citation"], "pmid": pmid(l["citation"], l.get("url"))} for l in ctx["literature"]]
+    literature = [{"citation": l["citation"], "pmid": l.get("pmid") or pmid(l["citation"], l.get("url"))}
+                  for l in ctx["literature"]]
     for c in contested:
         found = pmid(c["citation"], c["url"])
         if found and all(l["pmid"] != found for l in literature):
