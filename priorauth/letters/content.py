@@ -176,7 +176,8 @@ def literature(ref, primary_code: str, lit: Mapping[str, Any]) -> list[dict]:
     for key, e in (lit.get("entries") or {}).items():
         if therapy in (e.get("therapies") or ()) and _prefix(primary_code, e.get("codes")):
             out.append({"id": key, "citation": e["citation"], "pmid": e.get("pmid"), "url": e.get("url"),
-                        "finding": e.get("finding"), "verified": bool(e.get("verified"))})
+                        "finding": e.get("finding"), "verified": bool(e.get("verified")),
+                        "disease": e.get("disease")})
     return out
 
 

@@ -35,7 +35,10 @@ _ISO_IN_TEXT = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _PLAIN = [
     (re.compile(r"\s*\((\d+) of \1 needed\)"), ""),                       # "(1 of 1 needed)": says nothing
     (re.compile(r"\((\d+) of (\d+) needed\)"), r"(\1 of the \2 the policy requires)"),
-    (re.compile(r"\b1 finding\(s\)"), "1 finding"),
+    (re.compile(r"\b1 (\w+)\(s\)"), r"1 \1"),
+    (re.compile(r"\b(\d+) (\w+)\(s\)"), r"\1 \2s"),
+    (re.compile(r" -> "), " to "),
+    (re.compile(r": [-+](\d+%) (better|worse)\b"), r": \1 \2"),
     (re.compile(r"\bfinding\(s\)"), "findings"),
     (re.compile(r"\b(findings?) of an accepted kind\b"), r"\1 of a kind the criteria accept"),
     (re.compile(r"\bemg\b"), "EMG"),
@@ -46,7 +49,7 @@ _PLAIN = [
 ]
 
 
-_ACRONYMS = re.compile(r"\b(ivig|scig|ck|cdasi|pdai|bpdai|absis|mmt-8|mmt8|dif|iif|bsa|ild|hcpcs|ndc|bmi|npi|igg|iga|hbsag)\b")
+_ACRONYMS = re.compile(r"\b(ivig|scig|emg|mri|hrct|fvc|dlco|ck|cdasi|pdai|bpdai|absis|mmt-8|mmt8|dif|iif|bsa|ild|hcpcs|ndc|bmi|npi|igg|iga|hbsag)\b")
 _OR_LIST = re.compile(r"\(([^()]*? or [^()]*? or [^()]*?)\)")
 _LIMIT = re.compile(r"\b([a-z][a-z ]*?)(?: \(([^()]+)\))? ([\d.,]+) (within|exceeds the policy's) ([^;]+)")
 
@@ -108,9 +111,10 @@ def _reason_and_evidence(reason: str, evidence: list[str]) -> dict:
 def _criterion(r, ancestors, policy) -> dict:
     src = policy.sources.get(r.node.source) if policy and r.node.source else None
     pathway = next((a.node for a in (*ancestors, r) if getattr(a.node, "pathway", False)), None)
+    label = r.node.label or ""
     return {
         "id": r.node.id,
-        "label": r.node.label,
+        "label": label[:1].upper() + label[1:],
         **_reason_and_evidence(r.reason, [e.summary for e in r.evidence]),
         "citation": src.citation if src else None,
         "url": src.url if src else None,
@@ -394,6 +398,11 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         ctx["authorization"].setdefault("months", None)
     if kind == "continuation":
         ctx["continuation"] = _continuation(ref, words, det.course, therapy["short"])
+        hist = ctx["history"]
+        if hist:  # the response table shows each measure before and since: not twice
+            hist["scores"] = []
+            if not (hist["text"] or hist["goal"] or hist["organs"] or hist["course"]):
+                ctx["history"] = None
     if kind == "appeal":
         denial = parse_denial(dict(denial), "denial")
         if denial["date"] and Date.fromisoformat(denial["date"]) > ref.date:

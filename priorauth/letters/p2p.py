@@ -111,6 +111,10 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
             ("Regimen", ctx["request"]["summary"]), ("Diagnosis", ctx["primary_diagnosis"]["text"]),
             ("Prescriber", f"{pres['name']}{', ' + pres['phone'] if pres['phone'] else ''}"),
             ("Denial", (f"{denial.get('reference') or ''} {ctx['appeal']['date'] or ''}".strip() if denial else "")),
+            ("Course", "; ".join(x for x in (((ctx["history"] or {}).get("course") or "").replace("The disease is ", "")
+                                             .rstrip("."), ", ".join((ctx["history"] or {}).get("organs") or [])) if x)),
+            ("Appeal", (f"{ctx['appeal']['route']['level']}" + (f", due {ctx['appeal']['route']['deadline']}" if ctx['appeal']['route']['deadline'] else "")
+                        + ("; expedited review requested" if ctx['appeal']['route']['expedited'] else "")) if ctx.get("appeal") else ""),
         ) if v],
         "contested": contested,
         "dates": [{"date": us_date(d), "event": e} for d, e in dates[-MAX_DATES:]],
