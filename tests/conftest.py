@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +15,11 @@ from click.testing import CliRunner
 from priorauth.criteria.policy import load_criteria
 from priorauth.engine.determination import determine
 from priorauth.model.referral import referral_from_data
+
+# The suite never reads or writes the user's own criteria cache: a fresh one per run, which
+# the processes the tests start inherit.
+os.environ["PRIORAUTH_CACHE_DIR"] = _CACHE = tempfile.mkdtemp(prefix="priorauth-test-cache-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples"

@@ -38,7 +38,7 @@ def test_kleene_at_least():
 # ------------------------------------------------------------------ helpers
 
 def steroid(outcome="inadequate_response", start="2026-01-01", end="2026-06-01", **kw):
-    t = {"drug": "prednisone", "route": "oral", "start_date": start, "end_date": end, "outcome": outcome}
+    t = {"drug": "prednisone", "route": "oral", "dose": "60 mg daily", "start_date": start, "end_date": end, "outcome": outcome}
     t.update(kw)
     return {k: v for k, v in t.items() if v is not ...}
 

@@ -137,15 +137,19 @@ def test_topical_hydrocortisone_is_not_a_systemic_steroid_trial(crit):
     assert "refractory_to_steroids" in det.pathways_met
 
 
-def test_child_prednisone_course_and_warnings_name_only_ids():
+def test_child_prednisone_course_and_warnings_name_only_positions():
     data, warnings = imported(CHILD)
     pred = by_drug(data, "prednisone")
     assert (pred["route"], pred["start_date"]) == ("oral", "2019-09-16")
     assert pred["end_date"] is not None and pred["end_date"] <= data["date"]
     assert len(data["treatments"]) == 1
     text = "\n".join(warnings)
-    # Loratadine and the epinephrine auto-injector are not in the drug vocabulary: reported, by id.
-    assert "811f1b08-628c-4a39-8764-f86f6076caac" in text and "97841e2a-00c1-4b23-baf3-0fdb7f3b5091" in text
+    # Loratadine and the epinephrine auto-injector are not in the drug vocabulary: reported, by
+    # position (an id may carry data: issue 16), never by id.
+    bundle = json.loads(CHILD.read_text(encoding="utf-8"))
+    ids = ("811f1b08-628c-4a39-8764-f86f6076caac", "97841e2a-00c1-4b23-baf3-0fdb7f3b5091")
+    assert all(named(bundle, i).split()[0] in text for i in ids)
+    assert not any(i in text for i in ids)
     assert "Observation" in text and "Immunization" in text
     for phi in ("Alexis", "Toy", "Loratadine", "Epinephrine", "sinusitis", "2018-06-22"):
         assert phi not in text
@@ -202,7 +206,10 @@ def test_import_warnings_reach_the_determination():
     result = CliRunner().invoke(cli, ["check", str(SAMPLES / "dm-bundle.json"), "--json"])
     assert result.exit_code == 0, result.output
     warnings = json.loads(result.output)["warnings"]
-    assert any("AllergyIntolerance" in w and "00000000-0000-4000-8000-000000000021" in w for w in warnings)
+    bundle = json.loads((SAMPLES / "dm-bundle.json").read_text(encoding="utf-8"))
+    assert any(named(bundle, "00000000-0000-4000-8000-000000000021").split()[0] in w and "AllergyIntolerance" in w
+               for w in warnings)
+    assert not any("00000000-0000-4000-8000-000000000021" in w for w in warnings)
 
 
 # ------------------------------------------------------------------ malformed bundles
@@ -236,6 +243,12 @@ def mini() -> dict:
 
 def entry(bundle: dict, rid: str) -> dict:
     return next(e["resource"] for e in bundle["entry"] if e["resource"].get("id") == rid)
+
+
+def named(bundle: dict, rid: str) -> str:
+    """How messages name a resource: its position and type (never its id, issue 16)."""
+    at, res = next((i, e["resource"]) for i, e in enumerate(bundle["entry"]) if e["resource"].get("id") == rid)
+    return f"entry[{at}] {res['resourceType']}"
 
 
 def check_file(tmp_path: Path, payload: str | dict) -> object:
@@ -275,7 +288,7 @@ def test_invalid_fhir_field_names_entry_resource_and_field(tmp_path):
     entry(bundle, "p1")["birthDate"] = "1970-13-45"
     result, path = check_file(tmp_path, bundle)
     assert result.exit_code == 2
-    assert "entry[0] Patient/p1: birthDate" in result.output and str(path) in result.output
+    assert "entry[0] Patient: birthDate" in result.output and str(path) in result.output
     assert "1970-13-45" not in result.output  # the rejected value is patient data
 
 
@@ -291,7 +304,8 @@ def test_broken_reference_is_exit_2_naming_resource_and_field(tmp_path, rid, fie
     result, path = check_file(tmp_path, bundle)
     assert result.exit_code == 2, result.output
     kind = entry(bundle, rid)["resourceType"]
-    assert f"{kind}/{rid} {field}" in result.output and "does not resolve" in result.output
+    assert f"{named(bundle, rid)} {field}" in result.output and "does not resolve" in result.output
+    assert kind and f"/{rid}" not in result.output and ref not in result.output
     assert str(path) in result.output and "Traceback" not in result.output
 
 
@@ -351,7 +365,8 @@ def test_unmatched_reason_is_unknown_with_a_warning():
     data, warnings = referral_data_from_bundle(with_statement("stopped", "moved away", {"start": "2026-01-01",
                                                                                          "end": "2026-02-01"}), "b")
     assert "outcome" not in by_drug(data, "prednisone")
-    assert any("MedicationStatement/s1" in w and "statusReason" in w for w in warnings)
+    assert any("] MedicationStatement" in w and "statusReason" in w for w in warnings)
+    assert not any("s1" in w.replace("status", "") for w in warnings)
 
 
 def test_active_without_end_is_ongoing_and_future_end_is_still_taking():
@@ -364,7 +379,7 @@ def test_stopped_without_an_end_date_never_reads_as_ongoing():
     data, warnings = referral_data_from_bundle(with_statement("stopped", "ineffective", {"start": "2026-01-01"}), "b")
     pred = by_drug(data, "prednisone")
     assert pred["end_date"] == "2026-01-01" and pred["outcome"] == "inadequate_response"
-    assert any("MedicationStatement/s1" in w and "no end date" in w for w in warnings)
+    assert any("] MedicationStatement" in w and "no end date" in w for w in warnings)
     undated = with_statement("stopped", "adverse reaction", {})
     statement = entry(undated, "s1")
     statement.pop("effectivePeriod")
@@ -411,7 +426,7 @@ def test_condition_named_but_not_coded_maps_with_a_warning():
     entry(bundle, "k1")["code"] = {"text": "Juvenile dermatomyositis"}
     data, warnings = referral_data_from_bundle(bundle, "b")
     assert data["diagnoses"][0]["code"] == "M33.00"
-    assert any("Condition/k1" in w and "by its name" in w for w in warnings)
+    assert any(named(bundle, "k1") in w and "by its name" in w for w in warnings)
 
 
 def test_rituximab_order_and_allergy_contraindication():

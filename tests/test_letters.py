@@ -187,7 +187,12 @@ def required_facts(ref, det) -> list[str]:
     from priorauth.letters import content
 
     lit = content.literature_table()
-    cited = {r.node.source for r, _ in det.result.walk() if r.status == "met" and not r.children}
+    # Sources of the met leaves the decision rests on (every ancestor met too: a met
+    # "diagnosis is BP" inside a failed BP-only branch decides nothing).
+    status = {}
+    for r, parent in det.result.walk():
+        status[r.node.id] = r.status == "met" and status.get(parent, True)
+    cited = {r.node.source for r, _ in det.result.walk() if status[r.node.id] and not r.children}
     # A non-US guideline is never printed as the policy of a US payer (issue 14).
     facts += [det.policy.sources[k].citation for k in cited
               if k in det.policy.sources and not content.non_us(det.policy.sources[k].citation, lit)]

@@ -12,7 +12,7 @@ from priorauth.model.referral import referral_from_data
 
 from .conftest import ROOT, referral_data, status_of
 
-REFRACTORY = [{"drug": "prednisone", "start_date": "2026-01-01", "end_date": "2026-06-01",
+REFRACTORY = [{"drug": "prednisone", "dose": "60 mg daily", "start_date": "2026-01-01", "end_date": "2026-06-01",
                "outcome": "inadequate_response"}]
 
 

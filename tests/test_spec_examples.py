@@ -75,9 +75,19 @@ SAMPLE_EXPECTED = {
     "bp-short-steroid-trial.yaml": ("not_eligible", set()),
     "scleromyxedema-first-line.yaml": ("meets_criteria", {"first_line_indication"}),
     "eba-rapidly-progressive.yaml": ("meets_criteria", {"rapidly_progressive"}),
-    "mmp-dose-above-limit.yaml": ("not_eligible", {"refractory_to_steroids"}),
+    "mmp-dose-above-limit.yaml": ("not_eligible", {"refractory_to_steroids", "first_line_failure"}),
     "ibm-not-covered.yaml": ("not_eligible", set()),
     "pf-flare-on-taper.yaml": ("meets_criteria", {"flare_on_taper"}),
+    # revision 2: conventional agents by disease, dose adequacy, rituximab courses
+    "bp-doxycycline-failure.yaml": ("meets_criteria", {"first_line_failure"}),
+    "bp-dupilumab-failure.yaml": ("meets_criteria", {"first_line_failure"}),
+    "bp-low-dose-prednisone.yaml": ("not_eligible", set()),
+    "pf-rituximab-course-failure.yaml": ("meets_criteria", {"first_line_failure"}),
+    "pf-dapsone-undated.yaml": ("missing_documentation", set()),
+    # SCIG: maintenance after IVIG (baseline), not covered by Medicare
+    "scig-dm-maintenance.yaml": ("meets_criteria", {"refractory_to_steroids"}),
+    "scig-dm-medicare.yaml": ("not_eligible", {"refractory_to_steroids"}),
+    "scig-dm-undated-ivig.yaml": ("missing_documentation", {"refractory_to_steroids"}),
 }
 
 

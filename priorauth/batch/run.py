@@ -319,7 +319,8 @@ class LetterMaker:
         if "docx" in formats:
             from ..letters.docx_fast import FastDocx
 
-            self.fast = FastDocx(render.template_path("docx"), render.jinja_env("docx"), autoescape=True)
+            path = render.template_path("docx")
+            self.fast = FastDocx(path, render.letter_env("docx", path), autoescape=True)
 
     def make(self, referral, determination) -> dict[str, bytes]:
         """fmt -> letter bytes, identical to render.render_letter(referral, determination, fmt)."""
@@ -572,6 +573,8 @@ def _process_record(seq: int, source: str, data: bytes, h: bytes) -> tuple:
             why = f"took longer than {RECORD_SECONDS:g} s (the limit per record): stopped"
         elif isinstance(exc, MemoryError):
             why = "needed more memory than the limit per record: stopped"
+        elif isinstance(exc, InputError):  # e.g. a user's template over a bound: names the file, no value
+            why = redact(str(exc), source)
         else:
             why = _location(exc)
         return (seq, source, "error", h, None, "error", None, None, None, why, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 
 import click
 
@@ -27,6 +28,8 @@ COMMANDS = {
     "users": "..service.cli:users",
 }
 
+LONG_RUNNING = {"serve", "users"}  # the service's commands: pydantic plugins (e.g. tracing) stay on
+
 
 class LazyGroup(click.Group):
     """click's documented pattern for subcommands loaded on first use."""
@@ -36,6 +39,12 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str):
         if name in COMMANDS and name not in self.commands:
+            if name not in LONG_RUNNING:
+                # pydantic looks for plugins (the entry points of every installed distribution,
+                # through importlib.metadata) when it builds its first validator: a large share of a
+                # `check`'s start-up, for plugins a short command never uses. A value of your
+                # own for PYDANTIC_DISABLE_PLUGINS (even empty) lets pydantic decide as usual.
+                os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
             module, attr = COMMANDS[name].split(":")
             self.add_command(getattr(importlib.import_module(module, __package__), attr), name)
         return super().get_command(ctx, name)

@@ -43,6 +43,8 @@ def explain(det: Determination, style=lambda text, **kw: text) -> str:
     reasons = det.reasons()
     if det.determination == "not_eligible" and reasons:
         out += ["", style("Why not eligible:", bold=True)] + [f"  - {r}" for r in reasons]
+    if det.would_fit:
+        out += ["", style("What would fit the policy:", bold=True)] + [f"  - {f['text']}" for f in det.would_fit]
     out += ["", "Dosing:", "  " + dosing_line(det.dosing)]
     if det.warnings:
         out += ["", style("Warnings:", fg="yellow")] + [f"  - {w}" for w in det.warnings]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Optional
 
@@ -22,7 +21,9 @@ ENV = {"criteria": "PRIORAUTH_CRITERIA", "templates": "PRIORAUTH_TEMPLATES"}
 @lru_cache(maxsize=None)
 def bundled(name: str) -> Path:
     """The folder shipped with the package: `_data/<name>` in a wheel, `<repo>/<name>` in a checkout."""
-    inside = Path(str(files("priorauth"))) / "_data" / name
+    # the package folder, as importlib.resources.files("priorauth") gives it (not imported: a
+    # start-up cost for every command)
+    inside = Path(__file__).parents[1] / "_data" / name
     if inside.is_dir():
         return inside
     checkout = Path(__file__).resolve().parents[2] / name

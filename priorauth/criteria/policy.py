@@ -44,11 +44,16 @@ class DrugClass(_Strict):
     label: str
     systemic_routes: list[str] = []
     includes: list[str] = []
+    # Infusions given within this many weeks are one course, judged from its first infusion
+    # (spec revision 2, rituximab courses).
+    course_within_weeks: Optional[float] = Field(default=None, gt=0)
 
 
 class Drug(_Strict):
     classes: list[str]
     default_route: Optional[str] = None
+    # mg of prednisone per mg of this drug (systemic corticosteroids; dose adequacy)
+    prednisone_equivalent: Optional[float] = Field(default=None, gt=0)
     brands: list[str] = []
     aliases: list[str] = []
 
@@ -117,6 +122,14 @@ class Vocabulary(_Strict):
     @cached_property
     def _in_class_cache(self) -> dict[tuple, bool]:
         return {}
+
+    def course_weeks(self, class_id: str) -> Optional[float]:
+        """The course window of a class (or of a class it includes), or None."""
+        for cid in self.members(class_id):
+            c = self.classes.get(cid)
+            if c is not None and c.course_within_weeks:
+                return c.course_within_weeks
+        return None
 
     def label(self, class_id: str) -> str:
         found = self._labels.get(class_id)
@@ -194,7 +207,8 @@ class ProductTable(_Strict):
 IcdCode = Annotated[str, AfterValidator(normalize_icd10)]
 
 
-NO_LIMITS = Dosing(id="dosing", label="dosing", type="dosing")  # a tree without a dosing node
+# a tree without a dosing node (model_construct: no validator is built for it at import)
+NO_LIMITS = Dosing.model_construct(id="dosing", label="dosing", type="dosing")
 
 
 class Source(_Strict):
@@ -510,6 +524,11 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     root = criteria_dir(root)
     if not root.is_dir():
         raise CriteriaError(f"{root}: criteria folder not found")
+    from . import cache  # a digest-checked pickle of an earlier load of this folder (see cache.py)
+
+    cached = cache.load(root)
+    if cached is not None and cached[1] is not None:
+        return cached[1]
     vocabulary = load_model(Vocabulary, root / "drugs.yaml")
     products = load_model(ProductTable, root / "products.yaml")
     therapies = load_model(TherapyTable, root / "therapies.yaml").therapies
@@ -518,7 +537,10 @@ def load_criteria(root: Path | str | None = None) -> Criteria:
     policies = [build_policy(key, raw) for key, (_, data) in raw.items() if not data.get("abstract")]
     safety_file = root / "safety.yaml"
     safety = load_model(SafetyRules, safety_file) if safety_file.exists() else SafetyRules(rules={})
-    return Criteria(root, vocabulary, products, therapies, policies, safety)
+    loaded = Criteria(root, vocabulary, products, therapies, policies, safety)
+    if cached is not None:
+        cache.store(root, cached[0], loaded)
+    return loaded
 
 
 def select_policy(criteria: Criteria, therapy: str, codes: list[str], payer: str, on: Date) -> Optional[Policy]:

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Optional
 
-from dateutil.relativedelta import relativedelta
-
+from ..core.dates import add_months
 from .context import make_context, resolve_treatments
 from .course import course_of, product_of
+from .fit import would_fit
 from .dosing import DEFAULT_ADJUSTED_WEIGHT_BMI, compute as compute_dosing
 from .result import MET, NOT_MET, UNKNOWN, Result
 from .tree import evaluate_node
@@ -33,6 +33,7 @@ class Determination:
     flat: list = field(default_factory=list, repr=False)  # result.walk(), once
     course: dict = field(default_factory=dict)  # earlier courses of the therapy, patient age (engine.course)
     product: dict = field(default_factory=dict)  # the requested product's brand, HCPCS code, billing unit
+    would_fit: list[dict] = field(default_factory=list)  # changes that would meet the policy (engine.fit)
 
     @property
     def referral_id(self) -> str:
@@ -83,7 +84,7 @@ class Determination:
         if self.determination != "meets_criteria" or auth is None:
             return None
         start = self.referral.request.start_date or self.referral.date
-        end = start + relativedelta(months=auth.months) - timedelta(days=1)
+        end = add_months(start, auth.months) - timedelta(days=1)
         return {"start": start.isoformat(), "end": end.isoformat(), "months": auth.months,
                 "reauthorization_due": (end - timedelta(days=auth.reauthorization_lead_days)).isoformat()}
 
@@ -107,6 +108,7 @@ class Determination:
             "warnings": self.warnings,
             "course": self.course,
             "product": self.product,
+            "would_fit": self.would_fit,
         }
 
 
@@ -143,7 +145,8 @@ def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tu
     pathways = [r.node.id for r, _ in flat if r.status == MET and r.node.pathway]
     det = Determination(referral, policy, OUTCOMES[result.status], result, pathways,
                         list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat,
-                        course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy))
+                        course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy),
+                        would_fit=would_fit(result, ctx))
     return det, ctx._facts  # None unless a safety leaf needed them
 
 

@@ -27,7 +27,8 @@ class NodeBase(_Strict):
 
 
 # "Node" is the union of combinators and every registered leaf type, built in engine.leaves
-# once the leaves have registered; the combinators are rebuilt there against it.
+# once the leaves have registered, and set there as this module's `Node`: the combinators'
+# annotations resolve to it whenever their schema is first built.
 class AllOf(NodeBase):
     all_of: list["Node"] = Field(min_length=1)
 

@@ -103,7 +103,7 @@ def weeks_between(start: Date, end: Date) -> float:
 
 def lasted_at_least(start: Date, end: Date, weeks: float) -> bool:
     # Weeks are exact day counts (4 weeks = 28 days, and exactly the minimum counts);
-    # relativedelta is kept for calendar months and years, where day counts vary.
+    # calendar months and years, where day counts vary, go by core.dates.add_months.
     return (end - start).days >= round(weeks * 7)
 
 

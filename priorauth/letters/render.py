@@ -99,6 +99,12 @@ def _template_error(exc: BaseException, template: Path, custom: bool) -> PriorAu
     """A template failure as an error naming the template; never a value from the referral."""
     from jinja2 import TemplateError
 
+    from .sandbox import TemplateBoundsError
+
+    if isinstance(exc, TemplateBoundsError):  # its message names the template and the limit
+        return InputError(exc.message)
+    if isinstance(exc, RecursionError):
+        exc = TemplateError("nested too deeply (a macro that calls itself without end?)")
     line = getattr(exc, "lineno", None)
     where = f"{template}" + (f": line {line}" if line and not str(template).endswith(".docx") else "")
     if isinstance(exc, TemplateError):
@@ -118,7 +124,13 @@ def render_text(ctx: Mapping[str, Any], fmt: str, template: Optional[str | Path]
     assets = assets if assets is not None else default_letters()
     template = Path(template) if custom else assets.dir / BUILTIN[fmt]
 
-    env = jinja_env(fmt) if custom else assets.text_env(fmt)
+    if custom:
+        from .sandbox import bounded_env
+
+        env = bounded_env(fmt, template)
+    else:
+        env = assets.text_env(fmt)
+    user = custom or assets.user  # a user's template (or templates folder): its errors are exit 2
     data = dict(ctx)
     png = chart_png(ctx) if fmt == "html" else None
     if png:
@@ -134,9 +146,10 @@ def render_text(ctx: Mapping[str, Any], fmt: str, template: Optional[str | Path]
             tpl = env.get_template(template.name)
         return tpl.render(data).encode("utf-8")
     except TemplateError as exc:
-        raise _template_error(exc, template, custom) from None
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError) as exc:
-        raise _template_error(exc, template, custom) from None
+        raise _template_error(exc, template, user) from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, ZeroDivisionError, OverflowError,
+            RecursionError) as exc:
+        raise _template_error(exc, template, user) from None
 
 
 def render_docx(ctx: Mapping[str, Any], template: Optional[str | Path] = None, assets=None) -> bytes:
@@ -155,20 +168,32 @@ def render_docx(ctx: Mapping[str, Any], template: Optional[str | Path] = None, a
             raise InputError(f"{template}: cannot read: {exc.strerror}") from None
     else:
         template, raw = assets.dir / BUILTIN["docx"], assets.docx
+    custom = custom or assets.user
     if not zipfile.is_zipfile(io.BytesIO(raw)):
         raise (InputError if custom else PriorAuthError)(f"{template}: not a .docx file (a DOCX template is needed for docx and pdf)")
     tpl = DocxTemplate(io.BytesIO(raw))
     png = chart_png(ctx)
     data = docx_data(ctx, InlineImage(tpl, io.BytesIO(png), width=Mm(165)) if png else None)
     try:
-        tpl.render(data, jinja_env("docx"), autoescape=True)
+        tpl.render(data, letter_env("docx", template, custom), autoescape=True)
     except TemplateError as exc:
         raise _template_error(exc, template, custom) from None
-    except (KeyError, ValueError, TypeError, AttributeError, IndexError, zipfile.BadZipFile) as exc:
+    except (KeyError, ValueError, TypeError, AttributeError, IndexError, zipfile.BadZipFile, OverflowError,
+            RecursionError) as exc:
         raise _template_error(exc, template, custom) from None
     buf = io.BytesIO()
     tpl.save(buf)
     return normalize_zip(buf.getvalue(), ctx.get("letter_date_iso"))
+
+
+def letter_env(fmt: str, template: str | Path, user: Optional[bool] = None):
+    """The Jinja environment for `template`: bounded (sandbox.bounded_env) when it is a user's
+    (`user`, or by default: not in the bundled templates folder), else the plain sandbox."""
+    from .sandbox import bounded_env, is_bundled
+
+    if user is None:
+        user = not is_bundled(template)
+    return bounded_env(fmt, template) if user else jinja_env(fmt)
 
 
 def has_chart(ctx: Mapping[str, Any]) -> bool:
@@ -269,13 +294,16 @@ class Letters:
             if not (self.dir / name).is_file():
                 raise InputError(f"{self.dir / name}: template missing from the templates folder")
         self._envs: dict[str, Any] = {}
+        from .sandbox import is_bundled
+
+        self.user = not is_bundled(self.dir)  # a user's templates folder: rendered within bounds
 
     def text_env(self, fmt: str):
         env = self._envs.get(fmt)
         if env is None:
             from jinja2 import DictLoader
 
-            env = jinja_env(fmt)
+            env = letter_env(fmt, self.dir / BUILTIN[fmt], self.user)
             env.loader = DictLoader({BUILTIN[fmt]: self.sources[fmt]})
             self._envs[fmt] = env
         return env

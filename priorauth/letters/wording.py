@@ -156,11 +156,12 @@ def _sandbox():
     return Sandbox
 
 
-def jinja_env(fmt: str = "text", loader_dir: Optional[Path] = None):
-    """A sandboxed, StrictUndefined Jinja environment escaping for `fmt` (html, md, docx, text)."""
+def jinja_env(fmt: str = "text", loader_dir: Optional[Path] = None, cls: Any = None):
+    """A sandboxed, StrictUndefined Jinja environment escaping for `fmt` (html, md, docx, text);
+    `cls` another sandbox class (sandbox.bounded_env: the one for a user's templates)."""
     from jinja2 import FileSystemLoader, StrictUndefined
 
-    env = _sandbox()(
+    env = (cls or _sandbox())(
         undefined=StrictUndefined,
         autoescape=fmt in ("html", "docx"),
         finalize=md_escape if fmt == "md" else _finalize,

@@ -10,8 +10,9 @@ from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
+from .. import nodes as _nodes
 from ..nodes import COMBINATORS, AllOf, AnyOf, AtLeast
-from . import continuation, diagnosis, history, limits, payer, safety  # noqa: F401  (importing registers them)
+from . import continuation, diagnosis, history, limits, payer, safety, scope  # noqa: F401  (importing registers them)
 from .limits import Dosing
 from .registry import BY_MODEL, LEAF_TYPES, LeafType, register
 
@@ -37,5 +38,7 @@ Node = Annotated[
     Discriminator(_node_tag),
 ]
 
-for _model in (AllOf, AnyOf, AtLeast):
-    _model.model_rebuild(_types_namespace={"Node": Node})
+# The combinators' "Node" annotation resolves in engine.nodes' namespace whenever their schema
+# is first built (inside Policy's, or on first direct use). No model_rebuild here: it would build
+# three validators at import, which `priorauth check` never needs when the criteria come cached.
+_nodes.Node = Node

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date as Date
 from typing import Literal, Optional
 
-from dateutil.relativedelta import relativedelta
 from pydantic import Field
 
+from ...core.dates import add_months
 from ...model.referral import Treatment
 from ..result import MET, NOT_MET, UNKNOWN, Evidence, Result, _leaf, lasted_at_least, weeks_between, weeks_text
 from ..context import Context
@@ -150,7 +150,7 @@ def _taper_attempt(node: TaperAttempt, ctx: Context) -> Result:
     label = ctx.vocab.label(node.drug_class)
     if start is None:
         return _undated_course(node, ctx, label)
-    due = start + relativedelta(months=node.after_months)
+    due = add_months(start, node.after_months)
     if due > ctx.as_of:
         return _leaf(node, MET, f"not yet required: {label} began {start}; a taper attempt is expected from {due}")
     courses = _courses(ctx, node.drug_class)

@@ -3,18 +3,29 @@ disease course, therapy being taken now, and policies that need no prior therapy
 
 from __future__ import annotations
 
+from datetime import date as Date
 from typing import Literal, Optional
 
 from pydantic import Field
 
 from ..result import MET, NOT_MET, UNKNOWN, Evidence, Result, _leaf, humanize, lasted_at_least, weeks_between, weeks_text
 from ..context import Context, _options
+from ..doses import mg_per_kg_day
 from ..nodes import NodeBase, _Strict
 from .registry import drug_class, register
 
 
+class ClassRule(_Strict):
+    min_weeks: Optional[float] = Field(default=None, ge=0)
+
+
 class TrialOutcome(_Strict):
     min_weeks: Optional[float] = Field(default=None, ge=0)
+    # Dose adequacy: a trial counts only at this starting dose or more, in prednisone
+    # equivalents (drugs.yaml) per kg of actual weight per day.
+    min_mg_per_kg_day: Optional[float] = Field(default=None, gt=0)
+    # A class judged by its own length (rituximab: from the first infusion of its course).
+    by_class: dict[str, ClassRule] = {}
 
 
 class DrugTrial(NodeBase):
@@ -22,6 +33,9 @@ class DrugTrial(NodeBase):
     drug_class: str
     outcomes: dict[Literal["inadequate_response", "intolerance", "flare_on_taper", "response"], TrialOutcome]
     min_distinct: int = Field(default=1, ge=1, description="different drugs that must qualify")
+    applies_from: Optional[Date] = Field(default=None, description="the class counts for referrals from this date (a new approval)")
+    # A trial counts only when its dose or details say one of these (whole-body topical therapy).
+    mentions: list[str] = []
 
 
 class ContraindicationLeaf(NodeBase):
@@ -69,10 +83,17 @@ def _describe_trial(node: DrugTrial, vocab) -> str:
     parts = []
     for outcome, rule in node.outcomes.items():
         text = humanize(outcome)
-        parts.append(f"{text} after at least {weeks_text(rule.min_weeks)}" if rule.min_weeks else f"{text} (any length)")
+        text = f"{text} after at least {weeks_text(rule.min_weeks)}" if rule.min_weeks else f"{text} (any length)"
+        if rule.min_mg_per_kg_day:
+            text += f" at {rule.min_mg_per_kg_day:g} mg/kg/day prednisone-equivalent or more"
+        for cls, own in rule.by_class.items():
+            if own.min_weeks:
+                text += f" ({vocab.label(cls)}: {weeks_text(own.min_weeks)} from the first infusion)"
+        parts.append(text)
     label = vocab.label(node.drug_class)
     who = f"{node.min_distinct} different {label}s" if node.min_distinct > 1 else f"a {label}"
-    return f"{who} ended in " + " or ".join(parts)
+    since = f" (counts from {node.applies_from})" if node.applies_from else ""
+    return f"{who} ended in " + " or ".join(parts) + since
 
 
 def _trial_texts(ctx: Context, node: DrugTrial) -> tuple[str, str]:
@@ -85,6 +106,51 @@ def _trial_texts(ctx: Context, node: DrugTrial) -> tuple[str, str]:
     return hit[2], hit[3]
 
 
+def _mentions(node: DrugTrial, t) -> bool:
+    text = f"{t.dose or ''} {t.details or ''}".casefold()
+    return any(m.casefold() in text for m in node.mentions)
+
+
+def _length_rule(ctx: Context, rule: TrialOutcome, generic: str, route) -> tuple[Optional[float], Optional[float]]:
+    """(minimum weeks, course window in weeks or None) for this drug under this outcome rule."""
+    for cls, own in rule.by_class.items():
+        if ctx.vocab.in_class(generic, cls, route):
+            return own.min_weeks, ctx.vocab.course_weeks(cls)
+    return rule.min_weeks, None
+
+
+def _course_start(ctx: Context, generic: str, index: int, window: float):
+    """The first infusion of the course a treatment belongs to: earlier entries of the same drug
+    starting within `window` weeks of the next one are the same course (spec: rituximab courses)."""
+    starts = sorted(t.start_date for _, t, g in ctx.treatments if g == generic and t.start_date)
+    mine = ctx.referral.treatments[index].start_date
+    if mine is None:
+        return None
+    first = mine
+    for s in reversed([s for s in starts if s < mine]):
+        if weeks_between(s, first) > window:
+            break
+        first = s
+    return first
+
+
+def _dose_adequate(ctx: Context, minimum: float, i: int, t, generic: str, near_misses: list[str]) -> bool:
+    """Dose adequacy: False (with the reason) when the stated dose is below the minimum; a dose
+    that cannot be read counts as before, with a warning to document it (spec rule)."""
+    per_kg = mg_per_kg_day(t.dose, ctx.referral.patient.weight_kg)
+    factor = ctx.vocab.drugs[generic].prednisone_equivalent
+    if per_kg is None or factor is None:
+        ctx.warnings.append(f"dose of the {t.drug} trial (treatments[{i}]) not readable as a daily amount: "
+                            f"document it (at least {minimum:g} mg/kg/day prednisone-equivalent)")
+        return True
+    equivalent = per_kg * factor
+    if equivalent + 1e-9 < minimum:
+        near_misses.append(f"{t.drug} at {equivalent:.2g} mg/kg/day prednisone-equivalent, "
+                           f"below the {minimum:g} mg/kg/day of an adequate trial")
+        return False
+    return True
+
+
 @register(DrugTrial, describe=_describe_trial, lint=_lint_trial, classes=drug_class)
 def _drug_trial(node: DrugTrial, ctx: Context) -> Result:
     label, wanted = _trial_texts(ctx, node)
@@ -92,6 +158,8 @@ def _drug_trial(node: DrugTrial, ctx: Context) -> Result:
     undecided: dict[str, list[str]] = {}
     near_misses: list[str] = []
     outcomes = node.outcomes
+    if node.applies_from and ctx.as_of < node.applies_from:
+        return _leaf(node, NOT_MET, f"{label} counts as prior therapy for referrals from {node.applies_from}")
     for i, t, generic in ctx.members(node.drug_class):
         outcome = t.outcome
         if outcome is None:
@@ -100,17 +168,23 @@ def _drug_trial(node: DrugTrial, ctx: Context) -> Result:
         rule = outcomes.get(outcome)
         if rule is None:
             continue
-        min_weeks = rule.min_weeks
+        if node.mentions and not _mentions(node, t):
+            near_misses.append(f"{t.drug}: not documented as {' or '.join(node.mentions[:2])} therapy")
+            continue
+        min_weeks, course = _length_rule(ctx, rule, generic, t.route)
         if min_weeks:
-            start = t.start_date
+            start = _course_start(ctx, generic, i, course) if course else t.start_date
             if start is None:
                 undecided.setdefault(generic, []).append(f"start date of the {t.drug} trial")
                 continue
-            end = t.end_date or ctx.as_of
+            end = ctx.as_of if course else (t.end_date or ctx.as_of)
             if not lasted_at_least(start, end, min_weeks):
-                near_misses.append(f"{t.drug} lasted {weeks_between(start, end):g} weeks, "
+                since = "since the first infusion of its course" if course else "lasted"
+                near_misses.append(f"{t.drug}: {weeks_between(start, end):g} weeks {since}, "
                                    f"fewer than the {min_weeks:g} required")
                 continue
+        if rule.min_mg_per_kg_day and not _dose_adequate(ctx, rule.min_mg_per_kg_day, i, t, generic, near_misses):
+            continue
         qualifying.setdefault(generic, []).append(ctx.evidence(i, t))
 
     n = node.min_distinct

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 from pydantic import Field
@@ -55,13 +56,86 @@ def _lint_dosing(node: Dosing, vocab, safety) -> list[str]:
     return []
 
 
-@register(Dosing, describe=_describe_dosing, lint=_lint_dosing)
+def _units_at(ctx: Context, g_per_kg: float) -> tuple[Optional[float], Optional[int]]:
+    """(grams, billing units) per cycle at another dose, on the same dosing weight and product."""
+    d = ctx.dosing().dosing
+    kg = d and d.get("dosing_weight_kg")
+    if not kg:
+        return None, None
+    grams = round(g_per_kg * kg, 1)
+    found = ctx.criteria.products.find(ctx.referral.request.product)
+    unit = found[1].unit if found else None
+    if unit is None or unit.of != "g":
+        return grams, None
+    return grams, math.ceil(round(grams / unit.amount, 9))
+
+
+def _fit_dosing(node: Dosing, ctx: Context) -> Optional[dict]:
+    """The request brought within the limits it exceeds (a change the prescriber can make)."""
+    req, change = ctx.referral.request, {}
+    if ctx.therapy.fixed_dose:
+        if node.max_mg_per_dose and req.dose_mg and req.dose_mg > node.max_mg_per_dose:
+            change["dose_mg"] = node.max_mg_per_dose
+        if node.max_doses and req.doses and req.doses > node.max_doses:
+            change["doses"] = node.max_doses
+        words = [f"{change['dose_mg']:g} mg a dose" if "dose_mg" in change else "",
+                 f"{change['doses']} doses" if "doses" in change else ""]
+        return {"change": change, "text": " and ".join(w for w in words if w) + " fit the policy"} if change else None
+    if node.max_g_per_kg_per_cycle and req.dose_g_per_kg and req.dose_g_per_kg > node.max_g_per_kg_per_cycle:
+        change["dose_g_per_kg"] = node.max_g_per_kg_per_cycle
+    if node.min_interval_weeks and req.interval_weeks and req.interval_weeks < node.min_interval_weeks:
+        change["interval_weeks"] = node.min_interval_weeks
+    if node.days_per_cycle and req.days_per_cycle:
+        lo, hi = node.days_per_cycle
+        if not lo <= req.days_per_cycle <= hi:
+            change["days_per_cycle"] = min(max(req.days_per_cycle, lo), hi)
+    if not change:
+        return None
+    words = []
+    if "dose_g_per_kg" in change:
+        grams, units = _units_at(ctx, change["dose_g_per_kg"])
+        head = f"{units} units fit: " if units else ""
+        words.append(f"{head}{change['dose_g_per_kg']:.1f} g/kg" + (f" ({grams:g} g per cycle)" if grams else ""))
+    if "interval_weeks" in change:
+        words.append(f"cycles every {change['interval_weeks']:g} weeks")
+    if "days_per_cycle" in change:
+        words.append(f"{change['days_per_cycle']} infusion days per cycle")
+    return {"change": change, "text": "; ".join(words)}
+
+
+@register(Dosing, describe=_describe_dosing, lint=_lint_dosing, fit=_fit_dosing)
 def _dosing(node: Dosing, ctx: Context) -> Result:
     check = ctx.dosing()
     return _leaf(node, check.status, check.reason, list(check.evidence), list(check.missing))
 
 
-@register(UnitCap, describe=lambda node, vocab: f"at most {node.max_units} billing units in any {node.per_days} days")
+def _fit_unit_cap(node: UnitCap, ctx: Context) -> Optional[dict]:
+    """The largest dose whose units stay within the cap ("460 units fit: 1.9 g/kg")."""
+    req = ctx.referral.request
+    if ctx.therapy.fixed_dose:
+        found = ctx.criteria.products.find(req.product)
+        if not found or found[1].unit.of != "mg":
+            return None
+        per_dose = node.max_units // (req.doses or 1)
+        mg = per_dose * found[1].unit.amount
+        return {"change": {"dose_mg": mg}, "text": f"{per_dose * (req.doses or 1)} units fit: {mg:g} mg a dose"}
+    if not req.interval_weeks or not req.dose_g_per_kg:
+        return None
+    cycles = -(-node.per_days // round(req.interval_weeks * 7))
+    dose = math.floor(req.dose_g_per_kg * 10) / 10
+    while dose > 0:
+        grams, units = _units_at(ctx, dose)
+        if units is None:
+            return None
+        if units * cycles <= node.max_units:
+            return {"change": {"dose_g_per_kg": dose},
+                    "text": f"{units * cycles} units fit: {dose:.1f} g/kg ({grams:g} g per cycle)"}
+        dose = round(dose - 0.1, 1)
+    return None
+
+
+@register(UnitCap, describe=lambda node, vocab: f"at most {node.max_units} billing units in any {node.per_days} days",
+          fit=_fit_unit_cap)
 def _unit_cap(node: UnitCap, ctx: Context) -> Result:
     d, req = ctx.dosing().dosing, ctx.referral.request
     if ctx.therapy.fixed_dose:

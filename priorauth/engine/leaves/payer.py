@@ -35,7 +35,18 @@ def _brand(ctx: Context, name: str) -> str:
     return found[0] if found else name
 
 
-@register(ProductPreferred, describe=lambda node, vocab: "one of " + ", ".join(node.products) + ", or one of them tried first")
+def _fit_product(node: ProductPreferred, ctx: Context) -> dict:
+    preferred = list(dict.fromkeys(_brand(ctx, p) for p in node.products))
+    return {"change": {"product": preferred}, "text": f"a preferred product fits: {', '.join(preferred)}"}
+
+
+def _fit_specialty(node: PrescriberSpecialty, ctx: Context) -> dict:
+    wanted = " or ".join(node.specialties)
+    return {"change": {"prescriber_specialty": list(node.specialties)}, "text": f"a prescriber whose specialty is {wanted}"}
+
+
+@register(ProductPreferred, describe=lambda node, vocab: "one of " + ", ".join(node.products) + ", or one of them tried first",
+          fit=_fit_product)
 def _product_preferred(node: ProductPreferred, ctx: Context) -> Result:
     req = ctx.referral.request
     product = _brand(ctx, req.product)
@@ -56,7 +67,8 @@ def _product_preferred(node: ProductPreferred, ctx: Context) -> Result:
                  f"({', '.join(preferred)}) was tried first")
 
 
-@register(PrescriberSpecialty, describe=lambda node, vocab: "prescribed by " + " or ".join(node.specialties))
+@register(PrescriberSpecialty, describe=lambda node, vocab: "prescribed by " + " or ".join(node.specialties),
+          fit=_fit_specialty)
 def _prescriber_specialty(node: PrescriberSpecialty, ctx: Context) -> Result:
     specialty = ctx.referral.prescriber.specialty
     wanted = " or ".join(node.specialties)

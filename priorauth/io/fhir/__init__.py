@@ -19,12 +19,13 @@ flow into determinations and errors onto a terminal.
 
 from __future__ import annotations
 
+import re
 from datetime import date as Date
 from typing import Any, Optional
 
 from ...core.errors import InputError
 from . import mappers, medications
-from .bundle import (MAPPED_TYPES, bundle_date, check_entries, full_date, index_bundle, sanitize_id, the_patient,
+from .bundle import (MAPPED_TYPES, type_name, bundle_date, check_entries, full_date, index_bundle, sanitize_id, the_patient,
                      validate, Notes)
 from .context import Context
 from .maps import Maps, load_maps
@@ -69,9 +70,13 @@ def _supplement_date(supplement: dict, source: str) -> Optional[Date]:
 
 
 def _check_supplement(supplement: dict, source: str) -> dict:
-    unknown = sorted(set(supplement) - SUPPLEMENT_KEYS)
+    unknown = sorted((str(k) for k in set(supplement) - SUPPLEMENT_KEYS))
     if unknown:
-        raise InputError(f"{source}: request file: unknown field(s) {', '.join(unknown)} "
+        # a key named only when field-like: one like a name may be data (issue 16)
+        shown = [k for k in unknown if re.fullmatch(r"[a-z][a-z0-9_]{0,40}", k)]
+        if len(shown) < len(unknown):
+            shown.append(f"{len(unknown) - len(shown)} other key(s)")
+        raise InputError(f"{source}: request file: unknown field(s) {', '.join(shown)} "
                          f"(allowed: {', '.join(sorted(SUPPLEMENT_KEYS))})")
     return supplement
 
@@ -145,7 +150,8 @@ def _report_unused(ctx: Context) -> None:
     for r in ctx.bundle.resources:
         rtype = r.get("resourceType")
         if rtype not in MAPPED_TYPES:
-            counts[rtype] = counts.get(rtype, 0) + 1
+            name = type_name(rtype)
+            counts[name] = counts.get(name, 0) + 1
         elif rtype in SUPPORTING_TYPES and id(r) not in ctx.bundle.used:
             ctx.notes.skip(r, "not the prescriber, the payer or a medication of the referral")
     for rtype, n in sorted(counts.items()):

@@ -2,11 +2,16 @@
 
 Only FHIR's shape lives here: no medical convention (those are the maps) and no referral
 field (those are the mappers). Messages name the file, the resource (type/id) and the
-field, never patient data.
+field, never patient data. An id, a reference, a code or a text of the input is never
+repeated (issue 16: a resource id such as `Observation/obrien-1` may carry a name): a resource
+is named by its position in the bundle and its type (`entry[12] Observation`), a type only
+when it is one of FHIR's own (our shape table), a status or intent only when it is one of
+FHIR's codes.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import date as Date
@@ -29,11 +34,47 @@ MAPPED_TYPES = {"Patient", "Coverage", "Practitioner", "PractitionerRole", "Orga
                 "Observation", "MedicationStatement", "MedicationRequest", "Medication", "AllergyIntolerance",
                 "AdverseEvent", "Procedure", "DiagnosticReport"}
 MAX_IDS_IN_WARNING = 5
+#: where index_bundle keeps a resource's position in Bundle.entry (not a FHIR key: those never start "__")
+ENTRY_KEY = "__entry"
+#: FHIR codes of status and intent (R4B value sets): these, and only these, are repeated in messages
+KNOWN_CODES = frozenset({
+    "active", "inactive", "completed", "cancelled", "draft", "entered-in-error", "intended", "not-taken",
+    "on-hold", "stopped", "unknown", "registered", "preliminary", "final", "amended", "corrected", "appended",
+    "partial", "in-progress", "not-done", "preparation", "suspended", "revoked", "proposal", "plan", "order",
+    "original-order", "reflex-order", "filler-order", "instance-order", "option", "directive", "resolved",
+    "refuted", "confirmed", "unconfirmed", "provisional", "differential", "recurrence", "relapse", "remission",
+})
+
+
+@functools.lru_cache(maxsize=1)
+def _fhir_names() -> tuple[frozenset, frozenset]:
+    """(FHIR R4B resource types, FHIR element names), from our shape table."""
+    shapes = shape_table()
+    return (frozenset(shapes["resources"]) | MAPPED_TYPES,
+            frozenset(k for t in shapes["types"].values() for k in t) | {"resourceType"})
+
+
+def type_name(value: Any) -> str:
+    """A resourceType fit for a message: one of FHIR's (our table), else `resource`."""
+    if isinstance(value, str) and value in _fhir_names()[0]:
+        return value
+    return "resource"
+
+
+def code_word(value: Any) -> str:
+    """A status or intent fit for a message: a FHIR code we know, else `(unrecognised)`."""
+    return value if isinstance(value, str) and value in KNOWN_CODES else "(unrecognised)"
+
+
+def position(resource: dict) -> str:
+    """`entry[12]`, or `a contained resource` (no position of its own)."""
+    at = resource.get(ENTRY_KEY)
+    return f"entry[{at}]" if isinstance(at, int) else "contained"
 
 
 def rid(resource: dict) -> str:
-    """`MedicationRequest/abc`: how a resource is named in messages (never its content)."""
-    return f"{resource.get('resourceType')}/{resource.get('id') or '(no id)'}"
+    """`entry[12] MedicationRequest`: how a resource is named in messages (never its id or content)."""
+    return f"{position(resource)} {type_name(resource.get('resourceType'))}"
 
 
 def texts(concept: Any) -> list[str]:
@@ -120,8 +161,8 @@ class Notes:
         self._single: list[str] = []
 
     def skip(self, resource: dict, why: str) -> None:
-        key = (str(resource.get("resourceType")), why)
-        self._groups.setdefault(key, []).append(str(resource.get("id") or "(no id)"))
+        key = (type_name(resource.get("resourceType")), why)
+        self._groups.setdefault(key, []).append(position(resource))
 
     def add(self, message: str) -> None:
         self._single.append(message)
@@ -163,11 +204,11 @@ class Bundle:
         target = self._lookup(ref["reference"], owner)
         if target is None:
             raise self.error(f"{rid(owner)} {fieldname}",
-                             f"reference {ref['reference']!r} does not resolve to a resource in the bundle")
+                             "its reference does not resolve to a resource in the bundle")
         types = tuple(types)
         if types and target.get("resourceType") not in types:
             raise self.error(f"{rid(owner)} {fieldname}",
-                             f"refers to a {target.get('resourceType')}, expected {' or '.join(types)}")
+                             f"refers to a {type_name(target.get('resourceType'))}, expected {' or '.join(types)}")
         return target
 
     def _lookup(self, reference: str, owner: dict) -> Optional[dict]:
@@ -184,9 +225,11 @@ def check_entries(data: dict, source: str) -> None:
     rtype = data.get("resourceType")
     if rtype != "Bundle":
         raise InputError(f"{source}: resourceType: expected a FHIR Bundle (collection, transaction or searchset), "
-                         f"got a {rtype!r} resource; export the patient's record as a Bundle")
+                         f"got a {type_name(rtype)}; export the patient's record as a Bundle")
     if data.get("type") not in BUNDLE_TYPES:
-        raise InputError(f"{source}: Bundle.type: {data.get('type')!r} is not supported "
+        got = data.get("type") if data.get("type") in ("history", "message", "batch-response",
+                                                        "transaction-response", "subscription-notification") else None
+        raise InputError(f"{source}: Bundle.type: {repr(got) + ' is' if got else 'that type is'} not supported "
                          f"(use collection, transaction or searchset)")
     entries = data.get("entry")
     if not isinstance(entries, list) or not entries:
@@ -195,7 +238,7 @@ def check_entries(data: dict, source: str) -> None:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict):
             raise InputError(f"{source}: entry[{i}].resource: missing (every entry needs a resource)")
-        if str(resource.get("resourceType")) in shape_table()["resources"]:
+        if str(resource.get("resourceType")) in _fhir_names()[0]:
             continue  # an R4B resource type: no need to ask the library
         from fhir.resources.R4B import get_fhir_model_class
 
@@ -203,7 +246,7 @@ def check_entries(data: dict, source: str) -> None:
             get_fhir_model_class(str(resource.get("resourceType")))
         except (KeyError, ValueError):
             raise InputError(f"{source}: entry[{i}].resource.resourceType: "
-                             f"{resource.get('resourceType')!r} is not a FHIR R4 resource type") from None
+                             "not a FHIR R4 resource type") from None
 
 
 def validate(data: dict, source: str) -> None:
@@ -230,7 +273,7 @@ def validate(data: dict, source: str) -> None:
             model.model_validate(value)
         except ValidationError as exc:
             count += exc.error_count()
-            problems += [(prefix + tuple(err["loc"]), err["msg"]) for err in exc.errors(include_url=False)]
+            problems += [(prefix + tuple(err["loc"]), _scrub(err)) for err in exc.errors(include_url=False)]
         except (KeyError, TypeError, ValueError) as exc:  # the library's own checks, outside pydantic's
             raise InputError(f"{source}: not a valid FHIR R4 Bundle ({type(exc).__name__} in fhir.resources)") from None
     if count:
@@ -239,25 +282,47 @@ def validate(data: dict, source: str) -> None:
         raise InputError("\n".join(lines))
 
 
+def _scrub(err: dict) -> str:
+    """pydantic's message for one problem, without the value it was given (it may be data)."""
+    msg = str(err.get("msg") or "invalid")
+    given = err.get("input")
+    if isinstance(given, (str, int, float)) and not isinstance(given, bool) and str(given) and str(given) in msg:
+        msg = msg.replace(str(given), "(the value)")
+    if isinstance(given, str):
+        for word in re.findall(r"[^\s'\"]{4,}", given):
+            msg = msg.replace(word, "(the value)")
+    return msg
+
+
+def _loc_word(p: Any) -> str:
+    """A step of an error's location: an index, a FHIR element name, else `(unknown key)` (a key
+    of the input that is no FHIR element may be anything)."""
+    if isinstance(p, int):
+        return f"[{p}]"
+    return p if isinstance(p, str) and p in _fhir_names()[1] else "(unknown key)"
+
+
 def _where(data: dict, loc: tuple) -> str:
-    """('entry', 3, 'resource', 'status') -> 'entry[3] MedicationRequest/x: status'."""
+    """('entry', 3, 'resource', 'status') -> 'entry[3] MedicationRequest: status'."""
     if len(loc) >= 3 and loc[0] == "entry" and isinstance(loc[1], int) and loc[2] == "resource":
         resource = data["entry"][loc[1]].get("resource") or {}
-        path = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc[3:]).replace(".[", "[")
-        return f"entry[{loc[1]}] {rid(resource)}: {path or '(resource)'}"
-    return "Bundle." + ".".join(str(p) for p in loc) if loc else "Bundle"
+        path = ".".join(_loc_word(p) for p in loc[3:]).replace(".[", "[")
+        return f"entry[{loc[1]}] {type_name(resource.get('resourceType'))}: {path or '(resource)'}"
+    return "Bundle." + ".".join(_loc_word(p) for p in loc).replace(".[", "[") if loc else "Bundle"
 
 
 def index_bundle(data: dict, source: str) -> Bundle:
     bundle = Bundle(source, data)
-    for entry in data["entry"]:
+    for at, entry in enumerate(data["entry"]):
         search_mode = (entry.get("search") or {}).get("mode")
         resource = entry["resource"]
         if search_mode == "outcome" or resource.get("resourceType") == "OperationOutcome":
             continue  # a searchset's messages about the search, not patient data
+        # A copy that knows its position (messages name resources by it, never by their id).
+        resource = {**resource, ENTRY_KEY: at}
         if not resource.get("id") and entry.get("fullUrl"):
-            # Messages name resources by type/id; a transaction entry may have only a fullUrl.
-            resource = {**resource, "id": re.split(r"[:/]", entry["fullUrl"])[-1]}
+            # a transaction entry may have only a fullUrl: `Type/id` references find it by that id
+            resource["id"] = re.split(r"[:/]", entry["fullUrl"])[-1]
         bundle.resources.append(resource)
         bundle.by_type.setdefault(resource.get("resourceType"), []).append(resource)
         if entry.get("fullUrl"):

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from ...core.codes import normalize_icd10, npi_is_valid
 from ...core.numbers import round1
-from .bundle import (ICD10CM_SYSTEMS, LOINC_SYSTEM, NPI_SYSTEM, SNOMED_SYSTEM, codes, first_date, full_date,
+from .bundle import (ICD10CM_SYSTEMS, LOINC_SYSTEM, NPI_SYSTEM, SNOMED_SYSTEM, code_word, codes, first_date, full_date,
                      human_name, period_end, period_start, rid, slug, texts)
 from .context import Context
 from .maps import AssessmentCode, PatientField, first_match
@@ -50,7 +50,7 @@ def _bundle_coverage(ctx: Context) -> Optional[dict]:
     candidates = []
     for cov in ctx.bundle.of_type("Coverage"):
         if cov.get("status") not in (None, "active"):
-            ctx.notes.skip(cov, f"status {cov.get('status')}")
+            ctx.notes.skip(cov, f"status {code_word(cov.get('status'))}")
             continue
         if not ctx.is_patient(cov, "beneficiary"):
             continue
@@ -243,7 +243,7 @@ def observations(ctx: Context) -> tuple[list[dict], list[dict], dict]:
         if not ctx.is_patient(obs, "subject"):
             continue
         if obs.get("status") not in ("final", "amended", "corrected"):
-            ctx.notes.skip(obs, f"status {obs.get('status')}: not a final result")
+            ctx.notes.skip(obs, f"status {code_word(obs.get('status'))}: not a final result")
             continue
         loinc = codes(obs.get("code"), LOINC_SYSTEM)
         day = first_date(obs.get("effectiveDateTime"), period_start(obs.get("effectivePeriod")),
@@ -256,7 +256,22 @@ def observations(ctx: Context) -> tuple[list[dict], list[dict], dict]:
             _assessment(ctx, obs, ctx.maps.loinc.assessments[assess_code], day, assessments, findings)
         else:
             _observation_finding(ctx, obs, day, findings)
-    return findings, assessments, {name: round1(value) for name, (_, value) in latest.items()}
+    return findings, _latest_only(ctx, assessments), {name: round1(value) for name, (_, value) in latest.items()}
+
+
+def _latest_only(ctx: Context, assessments: list[dict]) -> list[dict]:
+    """A measure marked `latest_only` in loinc.yaml (creatinine, eGFR: safety screening reads
+    the current value) keeps only its most recent value on or before the referral date; one
+    measured after that date is not yet known on it, and is dropped."""
+    only = {spec.measure for spec in ctx.maps.loinc.assessments.values() if spec.latest_only}
+    if not only:
+        return assessments
+    newest: dict[str, dict] = {}
+    for a in assessments:
+        if a["measure"] in only and a["date"] <= ctx.date.isoformat():
+            if a["measure"] not in newest or a["date"] >= newest[a["measure"]]["date"]:
+                newest[a["measure"]] = a
+    return [a for a in assessments if a["measure"] not in only or newest.get(a["measure"]) is a]
 
 
 def _quantity(obs: dict) -> tuple[Optional[float], str]:
@@ -379,7 +394,7 @@ def _report_finding(ctx: Context, report: dict) -> Optional[dict]:
         ctx.notes.skip(report, "its code names no finding kind in criteria/fhir/findings.yaml")
         return None
     if report.get("status") not in FINAL_REPORT:
-        ctx.notes.skip(report, f"status {report.get('status')}: not a final report")
+        ctx.notes.skip(report, f"status {code_word(report.get('status'))}: not a final report")
         return None
     conclusion = " ".join([report.get("conclusion") or ""] + texts(report.get("conclusionCode"))).strip()
     day = first_date(report.get("effectiveDateTime"), period_start(report.get("effectivePeriod")), report.get("issued"))
@@ -407,7 +422,7 @@ def _procedure_finding(ctx: Context, proc: dict, reported: set[int]) -> Optional
         ctx.bundle.used.add(id(proc))
         return None  # its DiagnosticReport already says what it found
     if proc.get("status") != "completed":
-        ctx.notes.skip(proc, f"status {proc.get('status')}: not completed")
+        ctx.notes.skip(proc, f"status {code_word(proc.get('status'))}: not completed")
         return None
     outcome = " ".join(texts(proc.get("outcome")) + [n.get("text") or "" for n in proc.get("note") or []]).strip()
     day = first_date(proc.get("performedDateTime"), period_start(proc.get("performedPeriod")))

@@ -44,6 +44,7 @@ class PatientField(_Map):
 class AssessmentCode(_Map):
     measure: str
     elevated_finding: Optional[str] = None
+    latest_only: bool = False  # keep only the most recent value on or before the referral date
 
 
 class LoincMap(_Map):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import date as Date
 from typing import Any, Optional
 
-from .bundle import DAYS_PER_CYCLE_URL, SNOMED_SYSTEM, codes, first_date, full_date, period_end, period_start, rid, texts
+from .bundle import (DAYS_PER_CYCLE_URL, SNOMED_SYSTEM, code_word, codes, first_date, full_date, period_end,
+                     period_start, rid, texts)
 from .context import Context
 from .maps import first_match
 
@@ -78,10 +79,10 @@ def treatments(ctx: Context, exclude: Optional[dict]) -> list[dict]:
 def _treatment(ctx: Context, r: dict) -> Optional[dict]:
     status = r.get("status")
     if status in ("entered-in-error", "cancelled", "not-taken"):
-        ctx.notes.skip(r, f"status {status}: never taken")
+        ctx.notes.skip(r, f"status {code_word(status)}: never taken")
         return None
     if r.get("resourceType") == "MedicationRequest" and r.get("intent") in ("proposal", "option"):
-        ctx.notes.skip(r, f"intent {r.get('intent')}: proposed, not prescribed")
+        ctx.notes.skip(r, f"intent {code_word(r.get('intent'))}: proposed, not prescribed")
         return None
     med = _med(ctx, r)
     generic = ctx.generic_in(med.text)
@@ -99,7 +100,7 @@ def _treatment(ctx: Context, r: dict) -> Optional[dict]:
     try:
         out.update(_span(ctx, med, status))
     except _NoDates:
-        ctx.notes.skip(r, f"status {status} with no date at all: cannot tell when it was taken")
+        ctx.notes.skip(r, f"status {code_word(status)} with no date at all: cannot tell when it was taken")
         return None
     outcome = _outcome(ctx, med, out)
     if outcome:
@@ -173,7 +174,7 @@ def _span(ctx: Context, med: Med, status: Optional[str]) -> dict:
         end = med.start or first_date(r.get("dateAsserted"), r.get("authoredOn"))
         if end is None:
             raise _NoDates()
-        ctx.notes.add(f"FHIR import: {rid(r)}: status {status} but no end date: end_date set to the "
+        ctx.notes.add(f"FHIR import: {rid(r)}: status {code_word(status)} but no end date: end_date set to the "
                       f"{'start date' if med.start else 'date it was recorded'}; document when it was stopped")
     if med.start and end and end < med.start:
         ctx.notes.add(f"FHIR import: {rid(r)}: end date before start date: end date dropped")
