@@ -420,6 +420,8 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         elif document is not None or content.non_us(item.get("citation"), lit):
             item["citation"] = None
             item["url"] = None
+        else:
+            item["citation"] = iso_dates(item.get("citation"))
     for item in ctx["criteria"]:
         cite(item)
     if ctx["appeal"]:

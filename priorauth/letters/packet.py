@@ -87,6 +87,10 @@ def _cite(out: list[dict], ctx: dict, det) -> list[dict]:
             c["citation"] = own[c["id"]]
         elif doc is not None or content.non_us(c["citation"], lit):
             c["citation"] = None
+        else:
+            from .context import iso_dates
+
+            c["citation"] = iso_dates(c["citation"])
     return out
 
 
