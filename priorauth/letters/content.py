@@ -75,7 +75,12 @@ def non_us(text: Optional[str], lit: Mapping[str, Any]) -> bool:
     """Does a criteria source name a non-US guideline (never "the policy" of a US payer)?"""
     if not text:
         return False
-    return any(re.search(rf"\b{re.escape(w)}\b", text) for w in lit.get("not_the_policy") or ())
+    return _non_us(text, tuple(lit.get("not_the_policy") or ()))
+
+
+@functools.lru_cache(maxsize=4096)
+def _non_us(text: str, words: tuple) -> bool:
+    return any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)
 
 
 # ------------------------------------------------------------------ the determination's keys

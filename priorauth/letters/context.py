@@ -3,6 +3,7 @@ referral and what its determination decided (nothing re-derived)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
 from datetime import date as Date
@@ -67,6 +68,7 @@ def _limit(m: "re.Match") -> str:
     return f"{shown}, more than the criteria allow ({limit})"
 
 
+@functools.lru_cache(maxsize=8192)
 def plain(text: str) -> str:
     """The engine's sentences as a person writes them (no "(1 of 1 needed)", "4.0 weeks", "emg")."""
     for pattern, repl in _PLAIN:
@@ -454,10 +456,13 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "closing": _say(para["closing"][kind], ctx),
         **{k: _say(para[k], ctx) for k in ("criteria_intro", "literature_intro", "attestation",
                                             "draft_banner", "draft_notice", "chart_caption", "chart_omitted",
-                                            "criteria_source_header", "citation_label", "history_heading",
-                                            "history_goal", "history_organs", "scores_intro", "label_heading",
-                                            "label", "appeal_route", "appeal_reviewer", "appeal_expedited",
-                                            "appeal_also_met")},
+                                            "criteria_source_header", "citation_label")},
+        # Sections a letter may not have: their snippets are rendered only when it has them.
+        **{k: _say(para[k], ctx) if ctx["history"] else "" for k in ("history_heading", "history_goal",
+                                                                      "history_organs", "scores_intro")},
+        **{k: _say(para[k], ctx) if ctx["label"] else "" for k in ("label_heading", "label")},
+        **{k: _say(para[k], ctx) if kind == "appeal" else "" for k in ("appeal_route", "appeal_reviewer",
+                                                                       "appeal_expedited", "appeal_also_met")},
         "response_intro": _say(para["response_intro"], ctx) if kind == "continuation" else "",
         "no_prior_course": _say(para["no_prior_course"], ctx) if kind == "continuation" else "",
         "appeal_intro": _say(para["appeal_intro"], ctx) if kind == "appeal" else "",
