@@ -252,6 +252,8 @@ class Letter:
                 run.bold = True
                 shade(cell, LABEL_FILL)
         t.rows[i + 2].cells[0].paragraphs[0].add_run("{%tr endfor %}")
+        for row in t.rows:  # a row never splits across pages (Word: "allow row to break" off)
+            no_split(row)
         widths(t, inches)
         return t, t.rows[i + 1]
 
@@ -261,6 +263,9 @@ class Letter:
         self.draft_box()
         self.letterhead()
         self.addressing()
+        self.appeal_route()
+        self.history()
+        self.label()
         self.appeal()  # an appeal answers the denial first
         self.request()
         self.continuation()  # a continuation shows the response right after what it asks for
@@ -288,6 +293,7 @@ class Letter:
         t = self.doc.add_table(rows=1, cols=1)
         table_borders(t, color="C00000", size=12)
         cell_margins(t, 80, 80, 140, 140)
+        no_split(t.rows[0])
         cell = t.rows[0].cells[0]
         shade(cell, "FDECEA")
         p = cell.paragraphs[0]
@@ -395,6 +401,35 @@ class Letter:
         self.tag("{%p endif %}")
         self.tag("{%p endif %}")
 
+    def appeal_route(self) -> None:
+        self.tag("{%p if appeal %}")
+        for k in ("appeal_route", "appeal_expedited", "appeal_reviewer"):
+            self.tag(f"{{%p if text.{k} %}}")
+            self.para(f"{{{{ text.{k} }}}}", after=6)
+            self.tag("{%p endif %}")
+        self.tag("{%p endif %}")
+
+    def history(self) -> None:
+        self.tag("{%p if history %}")
+        self.heading("{{ text.history_heading }}")
+        for expr in ("history.text", "history.course", "text.history_organs", "text.history_goal"):
+            self.tag(f"{{%p if {expr} %}}")
+            self.para(f"{{{{ {expr} }}}}", after=4)
+            self.tag("{%p endif %}")
+        self.tag("{%p if history.scores %}")
+        self.para("{{ text.scores_intro }}", after=3, keep=True)
+        self.loop_table(["Measure", "Most recent", "Date", "Previous"], "x in history.scores",
+                        ["{{ x.label }}", "{{ x.value }}", "{{ x.date }}", "{{ x.previous or '-' }}"],
+                        [2.3, 1.5, 1.0, 2.2], size=9)
+        self.tag("{%p endif %}")
+        self.tag("{%p endif %}")
+
+    def label(self) -> None:
+        self.tag("{%p if label %}")
+        self.heading("{{ text.label_heading }}")
+        self.para("{{ text.label }}", after=4)
+        self.tag("{%p endif %}")
+
     def appeal(self) -> None:
         self.tag("{%p if appeal %}")
         self.heading("Response to the denial")
@@ -402,7 +437,7 @@ class Letter:
         self.tag("{%p for point in appeal.points %}")
         self.para("{{ loop.index }}. {{ point.label }}", bold=True, before=4, after=1, keep=True)
         self.tag("{%p if point.citation %}")
-        self.para("Policy: {{ point.citation }}", italic=True, size=9, color=GREY, after=1, keep=True)
+        self.para("{{ text.citation_label }}: {{ point.citation }}", italic=True, size=9, color=GREY, after=1, keep=True)
         self.tag("{%p endif %}")
         self.para("{{ point.answer }}", after=1)
         self.tag("{%p for item in point.support %}")
@@ -411,13 +446,16 @@ class Letter:
         self.bullets("e in item.evidence", "{{ e }}", style="List Bullet 2")
         self.tag("{%p endfor %}")
         self.tag("{%p endfor %}")
+        self.tag("{%p if text.appeal_also_met %}")
+        self.para("{{ text.appeal_also_met }}", before=4, after=4)
+        self.tag("{%p endif %}")
         self.tag("{%p endif %}")
 
     def criteria(self) -> None:
         self.heading("Coverage criteria met")
         self.para("{{ text.criteria_intro }}", after=4)
         self.tag("{%p if criteria %}")
-        t, row = self.loop_table(["Criterion", "Evidence in the record", "Policy source"], "c in criteria",
+        t, row = self.loop_table(["Criterion", "Evidence in the record", "{{ text.criteria_source_header }}"], "c in criteria",
                                  ["{{ c.label }}", "{{ c.reason }}", "{{ c.citation or '' }}"],
                                  [1.75, 3.45, 1.8], size=8.5)
         label = row.cells[0]
@@ -443,7 +481,8 @@ class Letter:
         self.tag("{%p if literature %}")
         self.heading("Supporting literature")
         self.para("{{ text.literature_intro }}", after=2)
-        self.bullets("l in literature", "{{ l.citation }}", style="List Number")
+        self.bullets("l in literature", "{{ l.citation }}{% if l.pmid %} PMID {{ l.pmid }}.{% endif %}"
+                     "{% if l.finding %} ({{ l.finding }}){% endif %}", style="List Number")
         self.tag("{%p endif %}")
 
     def monitoring(self) -> None:

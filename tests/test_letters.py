@@ -188,14 +188,19 @@ def required_facts(ref, det) -> list[str]:
         facts += [f"{d['dose_mg']:,.0f} mg", f"{d['billing_units_per_dose']} units"]
     facts += [r.node.label for r, _ in det.result.walk() if r.node.pathway and r.status == "met"]
     facts += [t.drug for t in ref.treatments]
+    from priorauth.letters import content
+
+    lit = content.literature_table()
     # Sources of the met leaves the decision rests on (every ancestor met too: a met
     # "diagnosis is BP" inside a failed BP-only branch decides nothing).
     status = {}
     for r, parent in det.result.walk():
         status[r.node.id] = r.status == "met" and status.get(parent, True)
     cited = {r.node.source for r, _ in det.result.walk() if status[r.node.id] and not r.children}
-    facts += [det.policy.sources[k].citation for k in cited if k in det.policy.sources]
-    facts += [det.policy.sources[k].citation for k in det.policy.literature]
+    # A non-US guideline is never printed as the policy of a US payer (issue 14).
+    facts += [content.iso_to_us(det.policy.sources[k].citation) for k in cited
+              if k in det.policy.sources and not content.non_us(det.policy.sources[k].citation, lit)]
+    facts += [e["citation"] for e in content.literature(ref, ref.diagnoses[0].code, lit)]
     return facts
 
 
@@ -313,7 +318,7 @@ def test_cli_templates_option_and_variable(tmp_path, monkeypatch):
     alt = tmp_path / "templates"
     shutil.copytree(render.TEMPLATES, alt)
     text = (alt / "letter-text.yaml").read_text(encoding="utf-8")
-    (alt / "letter-text.yaml").write_text(text.replace("Dear Medical Director:", "Dear Reviewer:"), encoding="utf-8")
+    (alt / "letter-text.yaml").write_text(text.replace("To the medical reviewer:", "Dear Reviewer:"), encoding="utf-8")
     out = tmp_path / "a.md"
     assert run(DM, "-o", out, "--templates", alt).exit_code == 0
     assert "Dear Reviewer:" in out.read_text(encoding="utf-8")
@@ -354,7 +359,7 @@ def test_ivig_letter_gives_the_dosing_arithmetic(criteria):
     ref, det = decide(example_data(BP), criteria)
     text = flat(docx_text(render.render_letter(ref, det, "docx")))
     assert "adjusted body weight" in text and "68.2 kg" in text
-    assert "136.5 g" in text and "273 units of 0.5 g" in text and "J1568" in text
+    assert "136.5 g" in text and "273 units prescribed" in text and "of 0.5 g" in text and "J1568" in text
     assert "every 4 weeks" in text and "Hospital outpatient department" in text
     assert "Ahmed AR" in text  # blistering literature
 
@@ -454,7 +459,10 @@ def test_appeal_answers_each_point_with_policy_wording(criteria):
     for p in points:
         node = next(r.node for r, _ in det.result.walk() if r.node.id == p["id"])
         assert p["label"] == node.label
-        assert p["citation"] == det.policy.sources[node.source].citation
+        # the payer's own document and section when the policy names one, else the source
+        own = {c["id"]: c.get("citation") for c in det.to_dict()["criteria"]}
+        from priorauth.letters.content import iso_to_us  # letters write dates as a US reader does
+        assert p["citation"] == iso_to_us(own.get(node.id) or det.policy.sources[node.source].citation)
         assert p["support"] and p["answer"]
     text = flat(docx_text(render.render_letter(ref, det, "docx", kind="appeal", denial=DENIAL)))
     assert "PA-2026-778812" in text and "11/15/2026" in text

@@ -104,7 +104,7 @@ def test_on_label_pathway_and_label_block(criteria):
     det = decide(criteria, "dm-medicare-contraindication.yaml")
     assert det.determination == "meets_criteria" and det.pathways_met == ["on_label"]
     assert det.label["on_label"] is True and det.label["product"] == "Octagam 10%"
-    assert det.label["indication"] == "adult dermatomyositis" and det.label["label_date"] == "2021-07-15"
+    assert det.label["indication"] == "dermatomyositis" and det.label["age_group"] == "adults" and det.label["label_date"] == "2021-07-15"
     assert det.label["source"]
     jdm = decide(criteria, "medicare-jdm-octagam-off-label.yaml")
     assert jdm.determination == "not_eligible" and jdm.label["on_label"] is False

@@ -54,7 +54,9 @@ def test_packet_sections_numbering_and_attachments(criteria):
     assert "FAX" in cover and "CONFIDENTIALITY NOTICE" in cover and f"{n} (including this cover sheet)" in cover
     assert "Anita Rao" in cover and "Medicare Part B" in cover
     joined = " ".join(pages)
-    for section in ("Letter of medical necessity", "Criteria checklist", "Index of enclosures", "Policy citation"):
+    # DM is Original Medicare: a documentation-of-medical-necessity letter, criteria with their published basis
+    assert "Policy section" in joined or "Published basis" in joined  # the payer's document, or the sources
+    for section in ("Documentation of medical necessity", "Criteria checklist", "Index of enclosures"):
         assert section in joined
     assert "Muscle biopsy pathology report, 01/28/2025" in joined  # the index: record -> criterion
     assert pages[-5].startswith("Perifascicular atrophy, record page 1") or "Perifascicular atrophy, record page 1" in pages[-5]
@@ -82,7 +84,9 @@ def test_appeal_packet_goes_to_appeals(criteria):
 
     ref, det = decide(dm_data(), criteria)
     pages = page_texts(render_packet(det, kind="appeal", denial=DENIAL))
-    assert "Appeals" in pages[0] and "Response to the denial" in " ".join(pages)
+    # Original Medicare: the appeal is a redetermination, sent to the contractor's redetermination unit
+    assert "Redeterminations" in pages[0] and "Prior Authorization" not in pages[0]
+    assert "Response to the denial" in " ".join(pages)
 
 
 def test_cli_packet_with_attachments_no_office_suite(tmp_path, monkeypatch):
@@ -138,7 +142,7 @@ def test_cli_packet_takes_a_templates_folder(tmp_path):
     alt = tmp_path / "templates"
     shutil.copytree(render.TEMPLATES, alt)
     text = (alt / "letter-text.yaml").read_text(encoding="utf-8")
-    (alt / "letter-text.yaml").write_text(text.replace("Dear Medical Director:", "Dear Reviewer:"), encoding="utf-8")
+    (alt / "letter-text.yaml").write_text(text.replace("To the medical reviewer:", "Dear Reviewer:"), encoding="utf-8")
     out = tmp_path / "p.pdf"
     assert run(DM, "-o", out, "--templates", alt).exit_code == 0
     assert "Dear Reviewer:" in " ".join(page_texts(out.read_bytes()))

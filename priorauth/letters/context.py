@@ -3,6 +3,7 @@ referral and what its determination decided (nothing re-derived)."""
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import OrderedDict
 from datetime import date as Date
@@ -11,6 +12,7 @@ from typing import Any, Mapping, Optional
 
 from ..core.errors import InputError
 
+from . import content
 from .denial import parse_denial
 from .wording import _clean_context, _rows, _say, lcfirst, long_date, num, us_date, wording
 
@@ -34,9 +36,12 @@ _ISO_IN_TEXT = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _PLAIN = [
     (re.compile(r"\s*\((\d+) of \1 needed\)"), ""),                       # "(1 of 1 needed)": says nothing
     (re.compile(r"\((\d+) of (\d+) needed\)"), r"(\1 of the \2 the policy requires)"),
-    (re.compile(r"\b1 finding\(s\)"), "1 finding"),
+    (re.compile(r"\b1 (\w+)\(s\)"), r"1 \1"),
+    (re.compile(r"\b(\d+) (\w+)\(s\)"), r"\1 \2s"),
+    (re.compile(r" -> "), " to "),
+    (re.compile(r": [-+](\d+%) (better|worse)\b"), r": \1 \2"),
     (re.compile(r"\bfinding\(s\)"), "findings"),
-    (re.compile(r"\bof an accepted kind\b"), "of a kind the policy accepts"),
+    (re.compile(r"\b(findings?) of an accepted kind\b"), r"\1 of a kind the criteria accept"),
     (re.compile(r"\bemg\b"), "EMG"),
     (re.compile(r"\bmri\b"), "MRI"),
     (re.compile(r"\b(\d+)\.0\b(?!\.\d)"), r"\1"),                         # "every 4.0 weeks", "2.0 g/kg"
@@ -45,11 +50,47 @@ _PLAIN = [
 ]
 
 
+_ACRONYMS = re.compile(r"\b(ivig|scig|emg|mri|hrct|fvc|dlco|ck|cdasi|pdai|bpdai|absis|mmt-8|mmt8|dif|iif|bsa|ild|hcpcs|ndc|bmi|npi|igg|iga|hbsag)\b")
+_OR_LIST = re.compile(r"\(([^()]*? or [^()]*? or [^()]*?)\)")
+_LIMIT = re.compile(r"\b([a-z][a-z ]*?)(?: \(([^()]+)\))? ([\d.,]+) (within|exceeds the policy's) ([^;]+)")
+
+
+def _or_list(m: "re.Match") -> str:
+    items = m.group(1).split(" or ")
+    return "(" + ", ".join(items[:-1]) + " or " + items[-1] + ")"
+
+
+def _limit(m: "re.Match") -> str:
+    what, unit, value, verb, limit = m.groups()
+    shown = f"{what} {value}{' ' + unit if unit else ''}"
+    if verb == "within":
+        return f"{shown} (the criteria allow {limit})"
+    return f"{shown}, more than the criteria allow ({limit})"
+
+
+@functools.lru_cache(maxsize=8192)
 def plain(text: str) -> str:
     """The engine's sentences as a person writes them (no "(1 of 1 needed)", "4.0 weeks", "emg")."""
     for pattern, repl in _PLAIN:
         text = pattern.sub(repl, text)
-    return text
+    text = text.replace("do(es)", "does")
+    text = _OR_LIST.sub(_or_list, text)
+    text = _LIMIT.sub(_limit, text)
+    return _ACRONYMS.sub(lambda m: m.group(1).upper(), text)
+
+
+def iso_dates(text: Optional[str]) -> Optional[str]:
+    """Free text of the referral with its ISO dates as the letter writes dates (02/01/2025), nothing else changed."""
+    return _ISO_IN_TEXT.sub(r"\2/\3/\1", text) if text else text
+
+
+def measure_label(words: Mapping[str, Any], key: str) -> str:
+    """A measure as the letter names it: the wording's label, else its key in words ("emg_summary" -> "EMG summary")."""
+    meta = (words.get("measures") or {}).get(key) or {}
+    if meta.get("label"):
+        return meta["label"]
+    text = _ACRONYMS.sub(lambda m: m.group(1).upper(), key.replace("_", " "))
+    return text[:1].upper() + text[1:]
 
 
 def us_dates(text: Optional[str]) -> Optional[str]:
@@ -72,9 +113,10 @@ def _reason_and_evidence(reason: str, evidence: list[str]) -> dict:
 def _criterion(r, ancestors, policy) -> dict:
     src = policy.sources.get(r.node.source) if policy and r.node.source else None
     pathway = next((a.node for a in (*ancestors, r) if getattr(a.node, "pathway", False)), None)
+    label = r.node.label or ""
     return {
         "id": r.node.id,
-        "label": r.node.label,
+        "label": label[:1].upper() + label[1:],
         **_reason_and_evidence(r.reason, [e.summary for e in r.evidence]),
         "citation": src.citation if src else None,
         "url": src.url if src else None,
@@ -121,7 +163,7 @@ def _continuation(referral, words: dict, course: dict, therapy_short: str) -> di
     for key, points in groups.items():
         points = sorted(points, key=lambda a: a.date)
         meta = words.get("measures", {}).get(key) or {}
-        label = meta.get("label") or key.replace("_", " ")
+        label = measure_label(words, key)
         unit = next((p.unit for p in reversed(points) if p.unit), None) or ""
         if first is not None:
             before = [p for p in points if p.date <= first]
@@ -185,13 +227,18 @@ def _appeal(denial: dict, det, policy) -> dict:
                 point["answer"] = "appeal_open"
                 point["support"] = [dict(point)]
         points.append(point)
+    met = _met_leaves(result, policy)
     if not denial["criteria"]:
-        # The denial names no criterion: answer with every criterion the record meets.
-        for item in _met_leaves(result, policy):
+        # The denial names no criterion: the indication (the pathway criteria) is answered
+        # point by point; what else the record meets is summarised.
+        indication = [m for m in met if m["pathway"]] or met
+        for item in indication:
             points.append({**item, "answer": "appeal_met", "support": [dict(item)]})
+    answered = {s["id"] for p in points for s in p["support"]} | {p["id"] for p in points}
+    others = list(dict.fromkeys(m["label"] for m in met if m["id"] not in answered))
     return {**denial, "date_iso": denial["date"],
             "date": us_date(Date.fromisoformat(denial["date"])) if denial["date"] else None,
-            "points": points}
+            "points": points, "also_met": others}
 
 
 def letter_context(referral, determination, kind: str = "initial", draft: bool = False,
@@ -211,8 +258,10 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     words = words if words is not None else wording()
     req, pat, cov, pres = ref.request, ref.patient, ref.coverage, ref.prescriber
     policy = det.policy
-    d = det.dosing or {}
+    view = content.det_view(det)  # the spec's determination: what the letter reads
+    d = view.get("dosing") or {}
     therapy = words["therapy"][req.therapy]
+    auth = view.get("authorization") if isinstance(view.get("authorization"), dict) else None
 
     def weeks(t) -> Optional[str]:
         if not t.start_date:
@@ -221,6 +270,10 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
 
     ig = req.therapy != "rituximab"
     cycles, grams, units = req.cycles, d.get("grams_per_cycle"), d.get("billing_units_per_cycle")
+    # The cycles the authorization period holds (the determination's): the letter asks for those, not more.
+    approvable = auth.get("cycles_approvable") if auth else None
+    if ig and isinstance(approvable, int) and cycles and 0 < approvable < cycles:
+        cycles = approvable
     doses, units_dose = req.doses, d.get("billing_units_per_dose")
     request = {
         "therapy": req.therapy,
@@ -245,6 +298,7 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "days_per_cycle": num(req.days_per_cycle),
         "interval_weeks": num(req.interval_weeks),
         "cycles": num(cycles),
+        "cycles_ordered": num(req.cycles) if req.cycles != cycles else None,
         "total_grams": num(round(grams * cycles, 1)) if grams and cycles else None,
         "total_units": (num(units * cycles) if ig and units and cycles
                         else num(units_dose * doses) if units_dose and doses else None),
@@ -259,6 +313,11 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     idx = next((e.index for e in covered.evidence if e.kind == "diagnosis"), 0) if covered and covered.evidence else 0
     primary = ref.diagnoses[idx if idx is not None and idx < len(ref.diagnoses) else 0]
     finding_words = words["findings"]
+    lit = content.literature_table()
+    appeals_rules = words.get("appeals") or content.appeals_table()
+    lob, pa_required = content.line_of_business(view, ref)
+    document = content.policy_document(view)
+    payer_cites = content.payer_citations(view)
     ctx: dict[str, Any] = {
         "kind": kind,
         "draft": bool(draft),
@@ -295,27 +354,33 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "primary_diagnosis": {"code": primary.code, "description": primary.description,
                               "text": f"{primary.description} ({primary.code})" if primary.description else primary.code},
         "confirmation": [{"kind": f.kind, "label": finding_words.get(f.kind, {}).get("label", f.kind),
-                          "date": us_date(f.date), "result": f.result}
+                          "date": us_date(f.date), "result": iso_dates(f.result)}
                          for f in ref.findings if f.supports_diagnosis],
         "treatments": [{"drug": t.drug, "route": words["route"].get(t.route, t.route) if t.route else None,
                         "dose": t.dose, "start_date": us_date(t.start_date),
-                        "end_date": us_date(t.end_date) if t.end_date else ("ongoing" if t.start_date else None),
+                        "end_date": us_date(t.end_date) if t.end_date else ("present" if t.start_date else None),
                         "weeks": weeks(t),
                         "outcome": words["outcome"].get(t.outcome, t.outcome) if t.outcome else None,
-                        "details": t.details} for t in ref.treatments],
-        "contraindications": [{"what": c.drug or (c.drug_class or "").replace("_", " "), "reason": c.reason,
+                        "details": iso_dates(t.details)} for t in ref.treatments],
+        "contraindications": [{"what": c.drug or (c.drug_class or "").replace("_", " "), "reason": iso_dates(c.reason),
                                "date": us_date(c.documented_date)} for c in ref.contraindications],
         "policy": {"found": policy is not None,
                    "id": policy.id if policy else None, "title": policy.title if policy else None,
                    "version": policy.version if policy else None, "payer": policy.payer if policy else None,
-                   "effective": us_date(policy.effective) if policy else None},
+                   "effective": us_date(policy.effective) if policy else None,
+                   "conditions": list(policy.conditions) if policy else [],
+                   "document": document},
+        "line_of_business": lob,
+        "record_only": not pa_required,
+        "history": content.history(ref, words),
+        "label": content.label_status(view),
+        "billing": content.billing(view, ref, words),
         "pathways": [{"id": r.node.id, "label": r.node.label}
                      for r, _ in (_walk(det.result) if det.result else ())
                      if getattr(r.node, "pathway", False) and r.status == MET],
         "criteria": _met_leaves(det.result, policy),
         "met_ids": [r.node.id for r, _ in (_walk(det.result) if det.result else ()) if r.status == MET],
-        "literature": [{"citation": policy.sources[k].citation, "url": policy.sources[k].url}
-                       for k in (policy.literature if policy else []) if k in policy.sources],
+        "literature": content.literature(ref, primary.code, lit),
         "labs": {},
         "authorization": None,
         "continuation": None,
@@ -328,7 +393,6 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         shown = a.result if a.value is None else f"{num(a.value)}{' ' + a.unit if a.unit else ''}"
         latest[a.measure] = f"{shown} on {us_date(a.date)}"
     ctx["labs"] = latest
-    auth = det.authorization()
     if isinstance(auth, dict):
         ctx["authorization"] = {
             k: (us_date(Date.fromisoformat(v)) if isinstance(v, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", v) else v)
@@ -336,14 +400,40 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         ctx["authorization"].setdefault("months", None)
     if kind == "continuation":
         ctx["continuation"] = _continuation(ref, words, det.course, therapy["short"])
+        hist = ctx["history"]
+        if hist:  # the response table shows each measure before and since: not twice
+            hist["scores"] = []
+            if not (hist["text"] or hist["goal"] or hist["organs"] or hist["course"]):
+                ctx["history"] = None
     if kind == "appeal":
         denial = parse_denial(dict(denial), "denial")
         if denial["date"] and Date.fromisoformat(denial["date"]) > ref.date:
             raise InputError("denial date: after the referral date, which dates the letter; "
                              "update the referral's date to the day of the appeal")
         ctx["appeal"] = _appeal(denial, det, policy)
+        ctx["appeal"]["route"] = content.appeal_route(lob, denial, ref, ref.date, appeals_rules, pres.specialty)
+
+    # Citations: the payer's own policy where the determination names it; a source that is a
+    # non-US guideline is never shown as the policy of a US payer.
+    def cite(item: dict) -> None:
+        own = payer_cites.get(item["id"])
+        if own:
+            item["citation"] = own
+        elif document is not None or content.non_us(item.get("citation"), lit):
+            item["citation"] = None
+            item["url"] = None
+        else:
+            item["citation"] = iso_dates(item.get("citation"))
+    for item in ctx["criteria"]:
+        cite(item)
+    if ctx["appeal"]:
+        for p in ctx["appeal"]["points"]:
+            cite(p)
+            for item in p["support"]:
+                cite(item)
 
     # Wording, in stages: later snippets use what earlier ones produced.
+    ctx["policy_name"] = _say(words.get("policy_name", ""), ctx)
     request["weight_basis_text"] = _say(words["weight_basis"].get(request["weight_basis"] or "", ""), ctx)
     request["summary"] = _say(words["request_summary"][req.therapy], ctx)
     request["rows"] = _rows(words["request_rows"][req.therapy], ctx)
@@ -365,7 +455,14 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "opening": _say(para["opening"][kind], ctx),
         "closing": _say(para["closing"][kind], ctx),
         **{k: _say(para[k], ctx) for k in ("criteria_intro", "literature_intro", "attestation",
-                                            "draft_banner", "draft_notice", "chart_caption", "chart_omitted")},
+                                            "draft_banner", "draft_notice", "chart_caption", "chart_omitted",
+                                            "criteria_source_header", "citation_label")},
+        # Sections a letter may not have: their snippets are rendered only when it has them.
+        **{k: _say(para[k], ctx) if ctx["history"] else "" for k in ("history_heading", "history_goal",
+                                                                      "history_organs", "scores_intro")},
+        **{k: _say(para[k], ctx) if ctx["label"] else "" for k in ("label_heading", "label")},
+        **{k: _say(para[k], ctx) if kind == "appeal" else "" for k in ("appeal_route", "appeal_reviewer",
+                                                                       "appeal_expedited", "appeal_also_met")},
         "response_intro": _say(para["response_intro"], ctx) if kind == "continuation" else "",
         "no_prior_course": _say(para["no_prior_course"], ctx) if kind == "continuation" else "",
         "appeal_intro": _say(para["appeal_intro"], ctx) if kind == "appeal" else "",
@@ -387,8 +484,7 @@ def _enclosures(ref, ctx: dict, words: dict) -> list[str]:
             name = words["findings"].get(f.kind, {}).get("enclosure", f.kind.replace("_", " "))
             out.append(f"{name}{', ' + us_date(f.date) if f.date else ''}")
     if ref.assessments:
-        labels = list(dict.fromkeys((words["measures"].get(a.measure) or {}).get("label") or a.measure
-                                    for a in ref.assessments))
+        labels = list(dict.fromkeys(measure_label(words, a.measure) for a in ref.assessments))
         out.append(_say(enc["assessments"], ctx, measures=labels))
     if ref.treatments:
         out.append(_say(enc["treatments"], ctx, drugs=list(dict.fromkeys(t.drug for t in ref.treatments))))

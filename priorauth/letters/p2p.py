@@ -23,6 +23,7 @@ def pmid(*texts: Optional[str]) -> Optional[str]:
 
 def p2p_context(referral, determination, *, draft: bool = False, denial: Optional[Mapping[str, Any]] = None,
                 vocabulary=None, words: Optional[dict] = None) -> dict:
+    from .context import measure_label
     from .render import letter_context, num, us_date, us_dates
 
     ref, det = referral, determination
@@ -32,11 +33,24 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
     rows = det.criteria()
     by_id = {r["id"]: r for r in rows}
 
+    from . import content
+
+    lit = content.literature_table()
+    own = content.payer_citations(content.det_view(det))
+    document = ctx["policy"].get("document")
+
     def item(r: dict) -> dict:
         src = policy.sources.get(r["source"]) if policy and r["source"] else None
+        basis = src if src is not None and not content.non_us(src.citation, lit) else None
+        if own.get(r["id"]):
+            src = None
+        elif src is not None and (document is not None or content.non_us(src.citation, lit)):
+            src = None  # never a non-US guideline as the policy of a US payer
         return {"id": r["id"], "label": r["label"], "status_text": STATUS.get(r["status"], r["status"]),
                 "reason": us_dates(r["reason"]), "evidence": [us_dates(e["summary"]) for e in r["evidence"]][:4],
-                "citation": src.citation if src else None, "url": src.url if src else None}
+                "citation": own.get(r["id"]) or (src.citation if src else None), "url": src.url if src else None,
+                # the source behind the criterion (a trial, a label): literature when it has a PMID
+                "basis": basis.citation if basis else None, "basis_url": basis.url if basis else None}
 
     if denial and denial.get("criteria"):
         contested = [item(by_id[c]) for c in denial["criteria"] if c in by_id]
@@ -57,7 +71,7 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
             dates.append((f.date, f"{label}{': ' + f.result if f.result else ''}"))
     for t, shown in zip(ref.treatments, ctx["treatments"]):
         if t.start_date:
-            end = (", still taken" if shown["end_date"] == "ongoing" else f" to {shown['end_date']}") if shown["end_date"] else ""
+            end = (", still taken" if shown["end_date"] == "present" else f" to {shown['end_date']}") if shown["end_date"] else ""
             dates.append((t.start_date, f"{t.drug} started{end}"
                                         f"{' (' + shown['weeks'] + ' weeks)' if shown['weeks'] else ''}"
                                         f"{': ' + shown['outcome'].lower() if shown['outcome'] else ''}"))
@@ -72,23 +86,23 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
     labs: dict[str, list] = {}
     for a in sorted(ref.assessments, key=lambda a: a.date):
         labs.setdefault(a.measure, []).append(a)
-    measures = (words or {}).get("measures", {})
     lab_rows = []
     for key, points in list(labs.items())[:MAX_LABS]:
-        meta = measures.get(key) or {}
         unit = next((p.unit for p in reversed(points) if p.unit), "") or ""
         values = [f"{num(p.value) if p.value is not None else (p.result or '')} ({us_date(p.date)})" for p in points[-4:]]
-        lab_rows.append({"label": (meta.get("label") or key) + (f", {unit}" if unit else ""), "values": " → ".join(values)})
+        lab_rows.append({"label": measure_label(words or {}, key) + (f", {unit}" if unit else ""),
+                         "values": " → ".join(values)})
 
-    wording = [f"{policy.title}, version {policy.version}"] if policy else ["No coverage policy applies."]
+    wording = [ctx["policy_name"][:1].upper() + ctx["policy_name"][1:]] if policy else ["No coverage policy applies."]
     for c in contested:
         if c["citation"] and c["citation"] not in wording:
             wording.append(c["citation"])
-    literature = [{"citation": l["citation"], "pmid": pmid(l["citation"], l.get("url"))} for l in ctx["literature"]]
+    literature = [{"citation": l["citation"], "pmid": l.get("pmid") or pmid(l["citation"], l.get("url"))}
+                  for l in ctx["literature"]]
     for c in contested:
-        found = pmid(c["citation"], c["url"])
+        found = c["basis"] and pmid(c["basis"], c["basis_url"])
         if found and all(l["pmid"] != found for l in literature):
-            literature.append({"citation": c["citation"], "pmid": found})
+            literature.append({"citation": c["basis"], "pmid": found})
 
     pres = ctx["prescriber"]
     ctx["kind"] = "p2p"
@@ -100,11 +114,15 @@ def p2p_context(referral, determination, *, draft: bool = False, denial: Optiona
             ("Regimen", ctx["request"]["summary"]), ("Diagnosis", ctx["primary_diagnosis"]["text"]),
             ("Prescriber", f"{pres['name']}{', ' + pres['phone'] if pres['phone'] else ''}"),
             ("Denial", (f"{denial.get('reference') or ''} {ctx['appeal']['date'] or ''}".strip() if denial else "")),
+            ("Course", "; ".join(x for x in (((ctx["history"] or {}).get("course") or "").replace("The disease is ", "")
+                                             .rstrip("."), ", ".join((ctx["history"] or {}).get("organs") or [])) if x)),
+            ("Appeal", (f"{ctx['appeal']['route']['level']}" + (f", due {ctx['appeal']['route']['deadline']}" if ctx['appeal']['route']['deadline'] else "")
+                        + ("; expedited review requested" if ctx['appeal']['route']['expedited'] else "")) if ctx.get("appeal") else ""),
         ) if v],
         "contested": contested,
         "dates": [{"date": us_date(d), "event": e} for d, e in dates[-MAX_DATES:]],
         "labs": lab_rows,
-        "policy": wording[:4],
+        "policy": wording[:3],
         "literature": literature[:4],
         "ask": (f"Approve {ctx['request']['summary']} of {ctx['request']['product']}. "
                 + (f"The denial states: \"{denial['reason']}\" The record answers it as above." if denial else

@@ -73,6 +73,27 @@ def _checklist(det, policy) -> list[dict]:
     return out
 
 
+def _cite(out: list[dict], ctx: dict, det) -> list[dict]:
+    """The checklist's citations as the letter prints them: the payer policy's own where the
+    determination names it; never a non-US guideline as the policy."""
+    from . import content
+
+    lit = content.literature_table()
+    view = content.det_view(det)
+    own = content.payer_citations(view)
+    doc = ctx["policy"].get("document")
+    for c in out:
+        if own.get(c["id"]):
+            c["citation"] = own[c["id"]]
+        elif doc is not None or content.non_us(c["citation"], lit):
+            c["citation"] = None
+        else:
+            from .context import iso_dates
+
+            c["citation"] = iso_dates(c["citation"])
+    return out
+
+
 def _record_name(kind: str, index: Optional[int], ref, words: dict) -> Optional[str]:
     from .render import us_date
 
@@ -128,7 +149,13 @@ def packet_context(determination, *, kind: Optional[str] = None, denial: Optiona
     words = letters.words
     pres = ctx["prescriber"]
     attachments = list(attachments)
-    desk = "Appeals" if kind == "appeal" else "Prior Authorization / Utilization Management"
+    if ctx.get("appeal"):
+        desk = ctx["appeal"]["route"]["department"]
+        payer_fax = payer_fax or ctx["appeal"]["route"].get("fax")
+    elif ctx.get("record_only"):  # Original Medicare: no prior authorization; records for medical review
+        desk = "Medical Review"
+    else:
+        desk = "Prior Authorization / Utilization Management"
     cover = [
         ("To", f"{ctx['payer']['name']}, {desk}"),
         ("To fax", payer_fax or "not on file: write the payer's fax number here before sending"),
@@ -147,8 +174,8 @@ def packet_context(determination, *, kind: Optional[str] = None, denial: Optiona
     ctx["packet"] = {
         "cover": {"rows": [{"label": a, "value": b} for a, b in cover if b], "notice": NOTICE},
         "contents": [],  # filled by the template from where each section lands
-        "checklist": _checklist(det, det.policy),
-        "checklist_intro": (f"Each criterion of {det.policy.title} (version {det.policy.version}), its status on "
+        "checklist": _cite(_checklist(det, det.policy), ctx, det),
+        "checklist_intro": (f"Each criterion of {ctx['policy_name']}, its status on "
                             f"{ctx['letter_date']}, the evidence in the record and the policy's citation. "
                             "Where the policy offers alternatives, any one met is enough."
                             if det.policy else "No coverage policy applies to this request."),
@@ -200,7 +227,7 @@ def render_packet(determination, *, kind: Optional[str] = None, denial: Optional
             added.merge_page(stamp)
         n += len(sizes)
     date = ctx["letter_date_iso"].replace("-", "")
-    writer.add_metadata({"/Title": f"Prior authorization packet {ctx['referral_id']}", "/Producer": "priorauth",
+    writer.add_metadata({"/Title": f"Submission packet {ctx['referral_id']}", "/Producer": "priorauth",
                          "/CreationDate": f"D:{date}000000Z", "/ModDate": f"D:{date}000000Z"})
     import hashlib
 

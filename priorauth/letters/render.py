@@ -281,6 +281,10 @@ class Letters:
         self.words = read_yaml(wording_file)
         if not isinstance(self.words, dict):
             raise PriorAuthError(f"{wording_file}: expected a mapping of wording")
+        from .content import appeals_table
+
+        # Appeal levels, deadlines and departments (templates/appeals.yaml; the bundled one if absent).
+        self.words = {**self.words, "appeals": appeals_table(self.dir)}
         try:
             self.docx = (self.dir / BUILTIN["docx"]).read_bytes()
             self.sources = {fmt: (self.dir / BUILTIN[fmt]).read_text(encoding="utf-8") for fmt in self.TEXT}

@@ -233,5 +233,5 @@ def _rows(spec: list, ctx: Mapping[str, Any]) -> list[dict]:
     for label, value in spec:
         text = _say(value, ctx)
         if text:
-            out.append({"label": label, "value": text})
+            out.append({"label": _say(label, ctx), "value": text})
     return out

@@ -190,7 +190,8 @@ def _drug_trial(node: DrugTrial, ctx: Context) -> Result:
     n = node.min_distinct
     if len(qualifying) >= n:
         ev = [e for evs in qualifying.values() for e in evs]
-        return _leaf(node, MET, f"{', '.join(sorted(qualifying))}: {wanted} documented ({len(qualifying)} of {n} needed)", ev)
+        count = f" ({len(qualifying)} different drugs; {n} required)" if n > 1 else ""
+        return _leaf(node, MET, f"{', '.join(sorted(qualifying))}: {wanted} documented{count}", ev)
     noun = f"{n} different {label}s" if n > 1 else f"a {label}"
     open_ = {g: m for g, m in undecided.items() if g not in qualifying} if undecided else {}
     if len(qualifying) + len(open_) >= n:

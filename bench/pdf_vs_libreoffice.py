@@ -1,0 +1,139 @@
+"""PDF letters: `priorauth batch --format pdf` (Typst, one job) vs LibreOffice converting the same
+letters DOCX -> PDF one process each; and the DOCX batch vs the naive docxtpl loop. One run,
+same machine, same seeded referrals (issue 14, point 6).
+
+  (p) pdf batch   `priorauth batch IN -o OUT --jobs 1 --format pdf`, wall clock, start-up included
+  (l) LibreOffice for each of the first --lo letters of a DOCX batch of the same referrals:
+                  `soffice --headless --convert-to pdf` in a new process (its own profile,
+                  warmed by one untimed conversion first, so first-start set-up is not counted)
+  (a) naive       bench.py's baseline: DocxTemplate load + render + save per letter, one process
+  (b) docx batch  `priorauth batch IN -o OUT --jobs 1` (DOCX)
+
+Ratios are letters per second: (p) / (l) (target >= 100x) and (b) / (a) (target >= 20x). Each
+figure is the best of --repeat interleaved rounds. LibreOffice is not a dependency of priorauth
+or its CI: install it only to measure (`apt-get install libreoffice-writer-nogui`). Without
+`soffice` on PATH the comparison is skipped with a message and the other figures are still shown.
+
+Usage: .venv/bin/python bench/pdf_vs_libreoffice.py [--n 2000] [--lo 20] [--naive 150] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def soffice() -> str | None:
+    """The LibreOffice binary, or None (the comparison is then skipped)."""
+    return shutil.which("soffice") or shutil.which("libreoffice")
+
+
+def libreoffice(binary: str, docx: list[Path], out: Path, profile: Path) -> dict:
+    """One `soffice --headless --convert-to pdf` process per letter, as the old PDF path did."""
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "HOME": str(profile)}
+    cmd = [binary, f"-env:UserInstallation=file://{profile}", "--headless", "--norestore", "--convert-to", "pdf",
+           "--outdir", str(out)]
+    start = time.perf_counter()
+    for f in docx:
+        r = subprocess.run([*cmd, str(f)], capture_output=True, text=True, env=env, timeout=300)
+        if r.returncode != 0 or not (out / (f.stem + ".pdf")).is_file():
+            raise SystemExit(f"soffice failed on {f.name}: {r.stderr[-400:]}")
+    return {"letters": len(docx), "seconds": time.perf_counter() - start}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1000, help="referrals for the PDF batch (and LibreOffice's letters)")
+    ap.add_argument("--docx-n", type=int, default=10000,
+                    help="referrals for the DOCX batch (enough that start-up does not stand in for speed)")
+    ap.add_argument("--lo", type=int, default=20, help="letters LibreOffice converts (one process each)")
+    ap.add_argument("--naive", type=int, default=150, help="referrals for the naive docxtpl baseline")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--repeat", type=int, default=3)
+    a = ap.parse_args()
+
+    from priorauth.batch.generate import write_samples
+
+    b = _bench()
+    binary = soffice()
+    work = Path(tempfile.mkdtemp(prefix="priorauth-pdfbench-"))
+    try:
+        inp = work / "in"
+        write_samples(a.n, inp, seed=a.seed, invalid_share=0.02)
+        big = work / "in-docx"
+        write_samples(a.docx_n, big, seed=a.seed, invalid_share=0.02)
+        runs: dict[str, list[dict]] = {k: [] for k in ("p", "l", "a", "b")}
+        docx_sample: list[Path] = []
+        if binary:
+            # The DOCX letters LibreOffice converts: the same referrals' letters, made once.
+            src = work / "docx-src"
+            b.batch([str(inp), "-o", str(src), "--jobs", "1", "--format", "docx"])
+            docx_sample = sorted((src / "letters").glob("*.docx"))[:a.lo]
+            profile = work / "lo-profile"
+            libreoffice(binary, docx_sample[:1], work / "lo-warm", profile)  # first start: untimed
+        for i in range(a.repeat):
+            runs["p"].append(b.batch([str(inp), "-o", str(work / f"p{i}"), "--jobs", "1", "--format", "pdf"]))
+            if binary:
+                runs["l"].append(libreoffice(binary, docx_sample, work / f"l{i}", profile))
+            runs["a"].append(b.naive(big, work / f"a{i}", a.naive))
+            runs["b"].append(b.batch([str(big), "-o", str(work / f"b{i}"), "--jobs", "1"]))
+            print(f"round {i + 1}/{a.repeat} done", file=sys.stderr)
+        best = {k: b.best(v) for k, v in runs.items() if v}
+        rate = {k: r["letters"] / r["seconds"] for k, r in best.items()}
+        lines = [
+            f"Measured {time.strftime('%Y-%m-%d')} on {os.cpu_count()} CPUs ({platform.machine()}), Python "
+            f"{platform.python_version()}; best of {a.repeat} interleaved rounds; wall clock, start-up included.",
+            "",
+            "| run | letters | seconds | letters/s | ratio | target |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+            f"| (p) `priorauth batch --jobs 1 --format pdf` (Typst) | {best['p']['letters']:,} | {best['p']['seconds']:.2f} "
+            f"| {rate['p']:,.1f} | " + (f"{rate['p'] / rate['l']:,.0f}x (l) | >= 100x (l): "
+                                       f"{'yes' if rate['p'] >= 100 * rate['l'] else '**no**'} |" if "l" in rate else
+                                       "- | LibreOffice not installed: comparison skipped |"),
+        ]
+        if "l" in rate:
+            lines.append(f"| (l) `soffice --headless --convert-to pdf`, one process per letter | {best['l']['letters']:,} "
+                         f"| {best['l']['seconds']:.2f} | {rate['l']:,.2f} | 1.0x | |")
+        lines += [
+            f"| (a) naive: DocxTemplate load + render + save per letter, 1 process | {best['a']['letters']:,} "
+            f"| {best['a']['seconds']:.2f} | {rate['a']:,.1f} | 1.0x | |",
+            f"| (b) `priorauth batch --jobs 1` (DOCX) | {best['b']['letters']:,} | {best['b']['seconds']:.2f} "
+            f"| {rate['b']:,.1f} | {rate['b'] / rate['a']:.1f}x (a) | >= 20x (a): "
+            f"{'yes' if rate['b'] >= 20 * rate['a'] else '**no**'} |",
+        ]
+        if not binary:
+            lines += ["", "LibreOffice (`soffice`) is not on PATH: the PDF comparison was skipped. Install it only "
+                          "for this measurement (`apt-get install libreoffice-writer-nogui`); priorauth never needs it."]
+        per_round = []
+        for i in range(a.repeat):
+            r = {k: runs[k][i]["letters"] / runs[k][i]["seconds"] for k in runs if runs[k]}
+            per_round.append((f"{r['p'] / r['l']:,.0f}x" if "l" in r else "-") + f" / {r['b'] / r['a']:.1f}x")
+        lines += ["", "Round by round, (p) vs (l) / (b) vs (a): " + "; ".join(per_round) + "."]
+        lines += ["", f"Reproduce: `.venv/bin/python bench/pdf_vs_libreoffice.py --n {a.n} --docx-n {a.docx_n} --lo {a.lo} "
+                      f"--naive {a.naive} --seed {a.seed} --repeat {a.repeat}`"]
+        print("\n".join(lines))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
