@@ -198,7 +198,7 @@ def required_facts(ref, det) -> list[str]:
         status[r.node.id] = r.status == "met" and status.get(parent, True)
     cited = {r.node.source for r, _ in det.result.walk() if status[r.node.id] and not r.children}
     # A non-US guideline is never printed as the policy of a US payer (issue 14).
-    facts += [content.iso_to_us(det.policy.sources[k].citation) for k in cited
+    facts += [content.iso_dates(det.policy.sources[k].citation) for k in cited
               if k in det.policy.sources and not content.non_us(det.policy.sources[k].citation, lit)]
     facts += [e["citation"] for e in content.literature(ref, ref.diagnoses[0].code, lit)]
     return facts
@@ -461,8 +461,8 @@ def test_appeal_answers_each_point_with_policy_wording(criteria):
         assert p["label"] == node.label
         # the payer's own document and section when the policy names one, else the source
         own = {c["id"]: c.get("citation") for c in det.to_dict()["criteria"]}
-        from priorauth.letters.content import iso_to_us  # letters write dates as a US reader does
-        assert p["citation"] == iso_to_us(own.get(node.id) or det.policy.sources[node.source].citation)
+        from priorauth.letters.content import iso_dates  # letters write dates as a US reader does
+        assert p["citation"] == iso_dates(own.get(node.id) or det.policy.sources[node.source].citation)
         assert p["support"] and p["answer"]
     text = flat(docx_text(render.render_letter(ref, det, "docx", kind="appeal", denial=DENIAL)))
     assert "PA-2026-778812" in text and "11/15/2026" in text

@@ -60,19 +60,13 @@ def appeals_table(templates: Optional[Path] = None) -> dict:
 # ------------------------------------------------------------------ small helpers
 
 
-_ISO_DATE = re.compile(r"\b\d{4}-\d{2}-\d{2}\b")
+_ISO_IN_TEXT = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 
 
-def _us(match: "re.Match[str]") -> str:
-    try:
-        return us_date(Date.fromisoformat(match.group(0)))
-    except ValueError:  # not a calendar date: leave the text as written
-        return match.group(0)
-
-
-def iso_to_us(value: Any) -> Any:
-    """ISO dates, alone or inside a citation ("rev. 2023-02-05"), as a US reader writes them."""
-    return _ISO_DATE.sub(_us, value) if isinstance(value, str) else value
+def iso_dates(value: Any) -> Any:
+    """ISO dates in a text, alone or inside a citation ("rev. 2023-02-05"), as the letter writes
+    dates (02/05/2023), nothing else changed; anything but text as it is."""
+    return _ISO_IN_TEXT.sub(r"\2/\3/\1", value) if isinstance(value, str) else value
 
 
 def _prefix(code: str, prefixes) -> bool:
@@ -125,7 +119,7 @@ def payer_citations(view: Mapping[str, Any]) -> dict[str, str]:
         if isinstance(cit, Mapping):
             cit = ", ".join(str(cit[k]) for k in ("document", "section", "text") if cit.get(k))
         if cit:
-            out[c["id"]] = iso_to_us(str(cit))
+            out[c["id"]] = iso_dates(str(cit))
     return out
 
 
@@ -133,7 +127,7 @@ def policy_document(view: Mapping[str, Any]) -> Optional[dict]:
     doc = (view.get("policy") or {}).get("document")
     if _is_baseline(view) or not isinstance(doc, Mapping) or not (doc.get("title") or doc.get("number")):
         return None
-    return {k: iso_to_us(doc.get(k)) for k in ("number", "title", "date", "section", "url")}
+    return {k: iso_dates(doc.get(k)) for k in ("number", "title", "date", "section", "url")}
 
 
 def label_status(view: Mapping[str, Any]) -> Optional[dict]:
@@ -142,8 +136,8 @@ def label_status(view: Mapping[str, Any]) -> Optional[dict]:
         return None
     return {"product": lab.get("product"), "on_label": bool(lab.get("on_label")),
             "indication": lab.get("indication"), "age_group": lab.get("age_group"),
-            "label_date": iso_to_us(lab.get("label_date")),
-            "source": iso_to_us(lab.get("source"))}
+            "label_date": iso_dates(lab.get("label_date")),
+            "source": iso_dates(lab.get("source"))}
 
 
 def line_of_business(view: Mapping[str, Any], ref) -> tuple[str, bool]:
@@ -182,7 +176,6 @@ def history(ref, words: dict) -> Optional[dict]:
 
         scores.append({"label": measure_label(words, key), "value": shown(a), "date": us_date(a.date),
                        "previous": f"{shown(prev)} on {us_date(prev.date)}" if prev is not None else None})
-    from .context import iso_dates
 
     text = iso_dates(cs.history) if cs and cs.history else None
     goal = cs.goal if cs and cs.goal else None

@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional
 from ..core.errors import InputError
 
 from . import content
+from .content import iso_dates
 from .denial import parse_denial
 from .wording import _clean_context, _rows, _say, lcfirst, long_date, num, us_date, wording
 
@@ -28,9 +29,6 @@ def _walk(result, ancestors: tuple = ()):
     yield result, ancestors
     for child in result.children:
         yield from _walk(child, ancestors + (result,))
-
-
-_ISO_IN_TEXT = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 
 
 _PLAIN = [
@@ -79,11 +77,6 @@ def plain(text: str) -> str:
     return _ACRONYMS.sub(lambda m: m.group(1).upper(), text)
 
 
-def iso_dates(text: Optional[str]) -> Optional[str]:
-    """Free text of the referral with its ISO dates as the letter writes dates (02/01/2025), nothing else changed."""
-    return _ISO_IN_TEXT.sub(r"\2/\3/\1", text) if text else text
-
-
 def measure_label(words: Mapping[str, Any], key: str) -> str:
     """A measure as the letter names it: the wording's label, else its key in words ("emg_summary" -> "EMG summary")."""
     meta = (words.get("measures") or {}).get(key) or {}
@@ -95,7 +88,7 @@ def measure_label(words: Mapping[str, Any], key: str) -> str:
 
 def us_dates(text: Optional[str]) -> Optional[str]:
     """The determination's sentences say 2025-02-01; the letter says 02/01/2025 throughout, in plain words."""
-    return plain(_ISO_IN_TEXT.sub(r"\2/\3/\1", text)) if text else text
+    return plain(iso_dates(text)) if text else text
 
 
 def _reason_and_evidence(reason: str, evidence: list[str]) -> dict:
