@@ -7,6 +7,8 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
+from ...core.numbers import round1
+from ..dosing import _units as billing_units
 from ..result import MET, NOT_MET, UNKNOWN, Evidence, Result, _leaf, weeks_text
 from ..context import Context
 from ..nodes import NodeBase
@@ -56,18 +58,23 @@ def _lint_dosing(node: Dosing, vocab, safety) -> list[str]:
     return []
 
 
+def _cycles_in_window(node: UnitCap, interval_weeks: float) -> int:
+    """A cycle may start every interval: that many can fall in one window of the cap."""
+    return -(-node.per_days // round(interval_weeks * 7))
+
+
 def _units_at(ctx: Context, g_per_kg: float) -> tuple[Optional[float], Optional[int]]:
     """(grams, billing units) per cycle at another dose, on the same dosing weight and product."""
     d = ctx.dosing().dosing
     kg = d and d.get("dosing_weight_kg")
     if not kg:
         return None, None
-    grams = round(g_per_kg * kg, 1)
+    grams = round1(g_per_kg * kg)  # as the dosing object rounds it
     found = ctx.criteria.products.find(ctx.referral.request.product)
     unit = found[1].unit if found else None
     if unit is None or unit.of != "g":
         return grams, None
-    return grams, math.ceil(round(grams / unit.amount, 9))
+    return grams, billing_units(grams, unit.amount)
 
 
 def _fit_dosing(node: Dosing, ctx: Context) -> Optional[dict]:
@@ -121,7 +128,7 @@ def _fit_unit_cap(node: UnitCap, ctx: Context) -> Optional[dict]:
         return {"change": {"dose_mg": mg}, "text": f"{per_dose * (req.doses or 1)} units fit: {mg:g} mg a dose"}
     if not req.interval_weeks or not req.dose_g_per_kg:
         return None
-    cycles = -(-node.per_days // round(req.interval_weeks * 7))
+    cycles = _cycles_in_window(node, req.interval_weeks)
     dose = math.floor(req.dose_g_per_kg * 10) / 10
     while dose > 0:
         grams, units = _units_at(ctx, dose)
@@ -145,8 +152,7 @@ def _unit_cap(node: UnitCap, ctx: Context) -> Result:
     else:
         per_cycle = d and d.get("billing_units_per_cycle")
         if per_cycle and req.interval_weeks:
-            # A cycle may start every interval: that many can fall in one window.
-            cycles = -(-node.per_days // round(req.interval_weeks * 7))
+            cycles = _cycles_in_window(node, req.interval_weeks)
             units, how = per_cycle * cycles, f"{per_cycle} units x {cycles} cycle(s)"
         else:
             units, how = None, ""
