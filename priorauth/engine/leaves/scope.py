@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ...core.codes import normalize_icd10
 from ..context import Context
@@ -18,9 +18,14 @@ class DiagnosisIn(NodeBase):
     type: Literal["diagnosis_in"]
     codes: list[str] = Field(min_length=1, description="ICD-10-CM codes or category prefixes")
 
+    @field_validator("codes")
+    @classmethod
+    def _codes(cls, value: list[str]) -> list[str]:
+        return [normalize_icd10(c) for c in value]  # once, when the criteria load
+
 
 def _prefixes(node: DiagnosisIn) -> tuple[str, ...]:
-    return tuple(normalize_icd10(c).replace(".", "") for c in node.codes)
+    return tuple(c.replace(".", "") for c in node.codes)
 
 
 @register(DiagnosisIn, describe=lambda node, vocab: "a diagnosis of " + ", ".join(node.codes))
