@@ -1,6 +1,8 @@
 """How long `priorauth check` takes against `python -c "import pydantic"`, same machine, same run.
 
 Runs each command N times, interleaved so load affects both alike, and prints the medians.
+The "floor" rows import only what `check` cannot do without (pydantic's model machinery, the
+referral models, click, PyYAML): the ratio no change to priorauth's own code can go below.
 Usage: .venv/bin/python bench/startup.py [N]
 """
 
@@ -16,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "samples" / "dm-steroid-intolerance.yaml"
 COMMANDS = {
     "python -c 'import pydantic'": [sys.executable, "-c", "import pydantic"],
+    "floor: import pydantic.main": [sys.executable, "-c", "import pydantic.main"],
+    "floor: + the referral models": [sys.executable, "-c", "import priorauth.model.referral"],
+    "floor: + click and PyYAML": [sys.executable, "-c", "import priorauth.model.referral, click, yaml"],
     "priorauth check (text)": [sys.executable, "-m", "priorauth", "check", str(SAMPLE)],
     "priorauth check --json": [sys.executable, "-m", "priorauth", "check", str(SAMPLE), "--json"],
 }
