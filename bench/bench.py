@@ -82,21 +82,15 @@ def naive(inp: Path, out: Path, limit: int) -> dict:
     return {"referrals": len(names), "letters": letters, "seconds": time.perf_counter() - start}
 
 
-def render_only(inp: Path, limit: int) -> tuple[dict, dict]:
-    """The letter engine alone, same contexts: DocxTemplate load + render + save vs FastDocx.render."""
-    import io
-
-    from docxtpl import DocxTemplate
-
+def letter_contexts(inp: Path, limit: int) -> list[dict]:
+    """The letter contexts of the first `limit` referrals in `inp` that meet criteria."""
     from priorauth.criteria.policy import load_criteria
     from priorauth.engine.determination import determine
-    from priorauth.letters.docx_fast import FastDocx
     from priorauth.core.errors import InputError
     from priorauth.io.readers import read_referral
-    from priorauth.letters.render import jinja_env, letter_context, template_path
+    from priorauth.letters.render import letter_context
 
     criteria = load_criteria()
-    template = template_path("docx")
     contexts = []
     for name in sorted(os.listdir(inp)):
         if len(contexts) >= limit:
@@ -107,8 +101,21 @@ def render_only(inp: Path, limit: int) -> tuple[dict, dict]:
             continue
         det = determine(ref, criteria, warnings)
         if det.determination == "meets_criteria":
-            ctx = letter_context(ref, det, kind=ref.request.request_type, vocabulary=criteria.vocabulary)
-            contexts.append({**ctx, "chart": None})
+            contexts.append(letter_context(ref, det, kind=ref.request.request_type, vocabulary=criteria.vocabulary))
+    return contexts
+
+
+def render_only(inp: Path, limit: int) -> tuple[dict, dict]:
+    """The letter engine alone, same contexts: DocxTemplate load + render + save vs FastDocx.render."""
+    import io
+
+    from docxtpl import DocxTemplate
+
+    from priorauth.letters.docx_fast import FastDocx
+    from priorauth.letters.render import jinja_env, template_path
+
+    template = template_path("docx")
+    contexts = [{**ctx, "chart": None} for ctx in letter_contexts(inp, limit)]
     start = time.perf_counter()
     for ctx in contexts:
         tpl = DocxTemplate(template)

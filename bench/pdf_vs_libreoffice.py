@@ -8,13 +8,16 @@ same machine, same seeded referrals (issue 14, point 6).
                   warmed by one untimed conversion first, so first-start set-up is not counted)
   (a) naive       bench.py's baseline: DocxTemplate load + render + save per letter, one process
   (b) docx batch  `priorauth batch IN -o OUT --jobs 1` (DOCX)
+  (t) Typst alone the PDF render of --typst letter contexts made beforehand, in this process: no
+                  reading, no evaluation, no files. (p) cannot be faster than (t); (t) / (l) is the
+                  most the PDF ratio can reach with this template and Typst version.
 
 Ratios are letters per second: (p) / (l) (target >= 100x) and (b) / (a) (target >= 20x). Each
 figure is the best of --repeat interleaved rounds. LibreOffice is not a dependency of priorauth
 or its CI: install it only to measure (`apt-get install libreoffice-writer-nogui`). Without
 `soffice` on PATH the comparison is skipped with a message and the other figures are still shown.
 
-Usage: .venv/bin/python bench/pdf_vs_libreoffice.py [--n 2000] [--lo 20] [--naive 150] [--repeat 3]
+Usage: .venv/bin/python bench/pdf_vs_libreoffice.py [--n 1000] [--docx-n 6000] [--lo 10] [--naive 100] [--typst 150] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -60,6 +63,18 @@ def libreoffice(binary: str, docx: list[Path], out: Path, profile: Path) -> dict
     return {"letters": len(docx), "seconds": time.perf_counter() - start}
 
 
+def typst_only(contexts: list[dict]) -> dict:
+    """(t): the first context warms the compiler (fonts, template) untimed; each round gets
+    contexts of its own, as Typst would reuse the layout of a letter it made before."""
+    from priorauth.letters.render import render_context
+
+    render_context(contexts[0], "pdf")
+    start = time.perf_counter()
+    for ctx in contexts[1:]:
+        render_context(ctx, "pdf")
+    return {"letters": len(contexts) - 1, "seconds": time.perf_counter() - start}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="referrals for the PDF batch (and LibreOffice's letters)")
@@ -67,6 +82,7 @@ def main() -> None:
                     help="referrals for the DOCX batch (enough that start-up does not stand in for speed)")
     ap.add_argument("--lo", type=int, default=20, help="letters LibreOffice converts (one process each)")
     ap.add_argument("--naive", type=int, default=150, help="referrals for the naive docxtpl baseline")
+    ap.add_argument("--typst", type=int, default=150, help="letters for (t), the Typst render alone")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
@@ -81,7 +97,8 @@ def main() -> None:
         write_samples(a.n, inp, seed=a.seed, invalid_share=0.02)
         big = work / "in-docx"
         write_samples(a.docx_n, big, seed=a.seed, invalid_share=0.02)
-        runs: dict[str, list[dict]] = {k: [] for k in ("p", "l", "a", "b")}
+        runs: dict[str, list[dict]] = {k: [] for k in ("p", "l", "a", "b", "t")}
+        contexts = b.letter_contexts(inp, a.repeat * (a.typst + 1))
         docx_sample: list[Path] = []
         if binary:
             # The DOCX letters LibreOffice converts: the same referrals' letters, made once.
@@ -96,6 +113,7 @@ def main() -> None:
                 runs["l"].append(libreoffice(binary, docx_sample, work / f"l{i}", profile))
             runs["a"].append(b.naive(big, work / f"a{i}", a.naive))
             runs["b"].append(b.batch([str(big), "-o", str(work / f"b{i}"), "--jobs", "1"]))
+            runs["t"].append(typst_only(contexts[i * (a.typst + 1):(i + 1) * (a.typst + 1)]))
             print(f"round {i + 1}/{a.repeat} done", file=sys.stderr)
         best = {k: b.best(v) for k, v in runs.items() if v}
         rate = {k: r["letters"] / r["seconds"] for k, r in best.items()}
@@ -110,6 +128,10 @@ def main() -> None:
                                        f"{'yes' if rate['p'] >= 100 * rate['l'] else '**no**'} |" if "l" in rate else
                                        "- | LibreOffice not installed: comparison skipped |"),
         ]
+        lines.append(f"| (t) Typst alone: the PDF render of letter contexts made beforehand, in-process "
+                     f"| {best['t']['letters']:,} | {best['t']['seconds']:.2f} | {rate['t']:,.1f} | "
+                     + (f"{rate['t'] / rate['l']:,.0f}x (l) | the most (p) can reach: "
+                        f"{1000 / rate['t']:.1f} ms a letter |" if "l" in rate else "- | |"))
         if "l" in rate:
             lines.append(f"| (l) `soffice --headless --convert-to pdf`, one process per letter | {best['l']['letters']:,} "
                          f"| {best['l']['seconds']:.2f} | {rate['l']:,.2f} | 1.0x | |")
@@ -129,7 +151,7 @@ def main() -> None:
             per_round.append((f"{r['p'] / r['l']:,.0f}x" if "l" in r else "-") + f" / {r['b'] / r['a']:.1f}x")
         lines += ["", "Round by round, (p) vs (l) / (b) vs (a): " + "; ".join(per_round) + "."]
         lines += ["", f"Reproduce: `.venv/bin/python bench/pdf_vs_libreoffice.py --n {a.n} --docx-n {a.docx_n} --lo {a.lo} "
-                      f"--naive {a.naive} --seed {a.seed} --repeat {a.repeat}`"]
+                      f"--naive {a.naive} --typst {a.typst} --seed {a.seed} --repeat {a.repeat}`"]
         print("\n".join(lines))
     finally:
         shutil.rmtree(work, ignore_errors=True)

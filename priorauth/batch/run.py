@@ -315,6 +315,9 @@ class LetterMaker:
 
         self.render = render
         self.formats = formats
+        # The wording and appeals table, read once for the run: letter_context would otherwise
+        # stat (and check for changes) letter-text.yaml and appeals.yaml for every letter.
+        self.words = render.default_letters().words
         self.fast = None
         if "docx" in formats:
             from ..letters.docx_fast import FastDocx
@@ -325,7 +328,7 @@ class LetterMaker:
     def make(self, referral, determination) -> dict[str, bytes]:
         """fmt -> letter bytes, identical to render.render_letter(referral, determination, fmt)."""
         r = self.render
-        ctx = r.letter_context(referral, determination, kind=referral.request.request_type)
+        ctx = r.letter_context(referral, determination, kind=referral.request.request_type, words=self.words)
         out: dict[str, bytes] = {}
         docx = None
         if self.fast is not None:
