@@ -52,7 +52,7 @@ class Determination:
         known = self.policy._node_fields  # every result's node is one of the policy's own
         out = []
         for r, parent in self.flat:
-            _, node_id, label, pathway, source, verified = known[id(r.node)]
+            _, node_id, label, pathway, source, citation, verified = known[id(r.node)]
             out.append({
                 "id": node_id,
                 "label": label,
@@ -62,7 +62,7 @@ class Determination:
                 "parent": parent,
                 "pathway": pathway,
                 "source": source,
-                "citation": self.policy.citation(source),
+                "citation": citation,
                 "verified": verified,
             })
         return out
