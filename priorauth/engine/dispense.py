@@ -52,6 +52,33 @@ def least_waste(dose: float, sizes: Sequence[float]) -> Dispense:
 
 @lru_cache(maxsize=8192)
 def _least_waste(dose: float, sizes: tuple[float, ...]) -> Dispense:
+    units, g, by_size, bound, exact = _prepared(sizes)
+    target = int((_scaled(max(dose, 0.0)) / g).to_integral_value(rounding=ROUND_CEILING))
+    if target <= 0:
+        return Dispense((), 0.0)
+    largest = units[0]
+    # Largest vials for all but the last `bound` units (an optimum uses at least this many).
+    bulk = max(0, (target - bound) // largest)
+    rest = target - bulk * largest
+    count, choice = _table(units, bound)
+    # The least reachable amount from `rest` on (some multiple of the largest vial lies within
+    # `largest` of it); amounts are distinct, so the first found is the least waste.
+    best = next(a for a in range(rest, rest + largest) if count[a] >= 0)
+    used: dict[int, int] = {largest: bulk} if bulk else {}
+    a = best
+    while a:
+        u = choice[a]
+        used[u] = used.get(u, 0) + 1
+        a -= u
+    counts = tuple((by_size[u], used[u]) for u in units if used.get(u))
+    total = float(Decimal((bulk * largest + best) * g) / SCALE)
+    return Dispense(counts, total, exact)
+
+
+@lru_cache(maxsize=256)
+def _prepared(sizes: tuple[float, ...]) -> tuple:
+    """(units largest first, their gcd in thousandths, size by unit, table bound, exact) of a
+    set of vial sizes: the same few sets serve every dose of a batch."""
     ints = []
     for s in sizes:
         v = _scaled(s)
@@ -59,29 +86,9 @@ def _least_waste(dose: float, sizes: tuple[float, ...]) -> Dispense:
             raise ValueError(f"vial size {s:g} is finer than 1/{SCALE} of its unit")
         ints.append(int(v))
     g = reduce(math.gcd, ints)
-    units = [i // g for i in ints]  # largest first
-    target = int((_scaled(max(dose, 0.0)) / g).to_integral_value(rounding=ROUND_CEILING))
-    if target <= 0:
-        return Dispense((), 0.0)
-    largest = units[0]
-    bound = largest * largest
-    exact = bound <= MAX_STATES
-    bound = min(bound, MAX_STATES)
-    # Largest vials for all but the last `bound` units (an optimum uses at least this many).
-    bulk = max(0, (target - bound) // largest)
-    rest = target - bulk * largest
-    count, choice = _table(tuple(units), bound)
-    best = min((a for a in range(rest, rest + largest) if count[a] >= 0), key=lambda a: (a, count[a]))
-    used: dict[int, int] = {largest: bulk} if bulk else {}
-    a = best
-    while a:
-        u = choice[a]
-        used[u] = used.get(u, 0) + 1
-        a -= u
-    by_size = dict(zip(units, sizes))
-    counts = tuple((by_size[u], used[u]) for u in units if used.get(u))
-    total = float(Decimal((bulk * largest + best) * g) / SCALE)
-    return Dispense(counts, total, exact)
+    units = tuple(i // g for i in ints)  # largest first
+    bound = units[0] * units[0]
+    return units, g, dict(zip(units, sizes)), min(bound, MAX_STATES), bound <= MAX_STATES
 
 
 @lru_cache(maxsize=256)
