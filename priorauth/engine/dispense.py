@@ -44,10 +44,15 @@ def least_waste(dose: float, sizes: Sequence[float]) -> Dispense:
     """The vials that hold at least `dose` with the least left over (ties: fewest vials).
 
     `dose` and `sizes` share a unit (g or mg). A dose of 0 or less needs no vial."""
+    return _least_waste(float(dose), _clean(sizes))
+
+
+def _clean(sizes: Sequence[float]) -> tuple[float, ...]:
+    """The distinct positive sizes, largest first."""
     clean = tuple(sorted({float(s) for s in sizes if s and s > 0}, reverse=True))
     if not clean:
         raise ValueError("no vial sizes to dispense from")
-    return _least_waste(float(dose), clean)
+    return clean
 
 
 @lru_cache(maxsize=8192)
@@ -144,16 +149,24 @@ def _dispense(vials: tuple, unit_amount: float, unit_of: str, vial_unit: str, do
     """The dispensing facts for one product and dose, worked out once (a batch repeats them)."""
     # The dose in the vials' unit (a g dose from mg vials would be unusual, but is converted).
     amount = float(Decimal(repr(dose)) * _TO_MG[unit_of] / _TO_MG[vial_unit])
-    found = least_waste(amount, [v[0] for v in vials])
-    by_size: dict[float, tuple] = {}
-    for v in vials:  # the first listed vial of a size gives its NDC
-        by_size.setdefault(v[0], v)
+    sizes, by_size, unit = _product_vials(vials, unit_amount, unit_of, vial_unit)
+    found = _least_waste(amount, sizes)
     counts = tuple((size, count) + by_size[size][1:] for size, count in found.counts)
     total = Decimal(repr(found.total))
-    unit = Decimal(repr(unit_amount)) * _TO_MG[unit_of] / _TO_MG[vial_unit]
     units = int((total / unit).to_integral_value(rounding=ROUND_CEILING))
     waste = max(0, units - prescribed_units) if prescribed_units is not None else None
     modifier = None
     if mods is not None and waste is not None:
         modifier = mods[0] if waste > 0 else mods[1]
     return counts, float(total), units, waste, modifier, found.exact
+
+
+@lru_cache(maxsize=256)
+def _product_vials(vials: tuple, unit_amount: float, unit_of: str, vial_unit: str) -> tuple:
+    """(sizes for least_waste, the vial each size names, the billing unit in the vials' unit) of
+    a product: they do not depend on the dose, so a batch works them out once per product."""
+    by_size: dict[float, tuple] = {}
+    for v in vials:  # the first listed vial of a size gives its NDC
+        by_size.setdefault(v[0], v)
+    unit = Decimal(repr(unit_amount)) * _TO_MG[unit_of] / _TO_MG[vial_unit]
+    return _clean([v[0] for v in vials]), by_size, unit
