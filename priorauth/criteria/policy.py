@@ -472,11 +472,12 @@ class Policy(_Strict):
 
     @cached_property
     def _node_fields(self) -> dict[int, tuple]:
-        """(node, id, label, pathway, source, verified) of each node, by id(node) (the node is kept,
-        so its id stays its own): what a determination lists for it, looked up once per policy
-        rather than once per referral."""
+        """(node, id, label, pathway, source, citation, verified) of each node, by id(node) (the node
+        is kept, so its id stays its own): what a determination lists for it, looked up once per
+        policy rather than once per referral."""
         verified = self.verified_nodes
-        return {id(n): (n, n.id, n.label, n.pathway, n.source, id(n) in verified) for n in self.nodes()}
+        return {id(n): (n, n.id, n.label, n.pathway, n.source, self.citation(n.source), id(n) in verified)
+                for n in self.nodes()}
 
     @cached_property
     def _memo(self) -> dict:

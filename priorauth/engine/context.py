@@ -36,6 +36,7 @@ class Context:
     treatments: list[tuple[int, Treatment, Optional[str]]] = field(default_factory=list)
     _dosing: Any = None
     _facts: Any = None
+    _label: Optional[tuple] = None  # (the label block,) once an on_label leaf has worked it out
     _members: dict = field(default_factory=dict)
     _evidence: dict = field(default_factory=dict)  # treatment index -> Evidence
     # Plain attributes, not properties: the leaves ask for them often.

@@ -52,7 +52,7 @@ class Determination:
         known = self.policy._node_fields  # every result's node is one of the policy's own
         out = []
         for r, parent in self.flat:
-            _, node_id, label, pathway, source, verified = known[id(r.node)]
+            _, node_id, label, pathway, source, citation, verified = known[id(r.node)]
             out.append({
                 "id": node_id,
                 "label": label,
@@ -62,7 +62,7 @@ class Determination:
                 "parent": parent,
                 "pathway": pathway,
                 "source": source,
-                "citation": self.policy.citation(source),
+                "citation": citation,
                 "verified": verified,
             })
         return out
@@ -130,12 +130,13 @@ def determine(referral: Referral, criteria: Any, warnings: list[str] | None = No
 
     `warnings` carries what reading the referral noticed (a FHIR import's unmapped data).
     """
-    det, known = _decide(referral, criteria, warnings)
+    det, ctx = _decide(referral, criteria, warnings)
     det.product = product_of(referral, criteria.products)
     det.billing = billing_block(referral, det.dosing, criteria.products, getattr(criteria, "billing", None))
     det.prior_authorization = criteria.prior_authorization(referral.coverage.payer, referral.coverage.plan_type)
-    det.label = label_status(referral, criteria)
-    for s in screen_all(referral, criteria, known):
+    known_label = ctx._label if ctx is not None else None
+    det.label = known_label[0] if known_label else label_status(referral, criteria)
+    for s in screen_all(referral, criteria, ctx._facts if ctx is not None else None):
         if s.status != "ok":
             det.safety.append({"rule": s.rule_id, "label": s.rule.label, "status": s.status, "message": s.message})
             det.warnings.append(f"safety: {s.message}")
@@ -143,7 +144,8 @@ def determine(referral: Referral, criteria: Any, warnings: list[str] | None = No
 
 
 def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tuple[Determination, Any]:
-    """The determination, and the safety facts if evaluating worked them out (the screen reuses them)."""
+    """The determination, and the evaluation's context (None without a policy): the safety facts
+    and the label block it worked out are reused, not worked out again."""
     codes = [d.code for d in referral.diagnoses]
     payer, plan_type = referral.coverage.payer, referral.coverage.plan_type
     policy = criteria.select_policy(referral.request.therapy, codes, payer, referral.date, plan_type)
@@ -174,7 +176,7 @@ def _decide(referral: Referral, criteria: Any, warnings: list[str] | None) -> tu
                         list(result.missing), ctx.dosing().dosing, _unique(warnings), flat=flat,
                         course=course_of(referral, ctx.treatments, ctx.vocab, ctx.therapy),
                         baseline_for_payer=baseline_for, would_fit=would_fit(result, ctx))
-    return det, ctx._facts  # None unless a safety leaf needed them
+    return det, ctx
 
 
 def _unique(items: list[str]) -> list[str]:

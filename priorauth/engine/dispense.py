@@ -44,14 +44,46 @@ def least_waste(dose: float, sizes: Sequence[float]) -> Dispense:
     """The vials that hold at least `dose` with the least left over (ties: fewest vials).
 
     `dose` and `sizes` share a unit (g or mg). A dose of 0 or less needs no vial."""
+    return _least_waste(float(dose), _clean(sizes))
+
+
+def _clean(sizes: Sequence[float]) -> tuple[float, ...]:
+    """The distinct positive sizes, largest first."""
     clean = tuple(sorted({float(s) for s in sizes if s and s > 0}, reverse=True))
     if not clean:
         raise ValueError("no vial sizes to dispense from")
-    return _least_waste(float(dose), clean)
+    return clean
 
 
 @lru_cache(maxsize=8192)
 def _least_waste(dose: float, sizes: tuple[float, ...]) -> Dispense:
+    units, g, by_size, bound, exact = _prepared(sizes)
+    target = int((_scaled(max(dose, 0.0)) / g).to_integral_value(rounding=ROUND_CEILING))
+    if target <= 0:
+        return Dispense((), 0.0)
+    largest = units[0]
+    # Largest vials for all but the last `bound` units (an optimum uses at least this many).
+    bulk = max(0, (target - bound) // largest)
+    rest = target - bulk * largest
+    count, choice = _table(units, bound)
+    # The least reachable amount from `rest` on (some multiple of the largest vial lies within
+    # `largest` of it); amounts are distinct, so the first found is the least waste.
+    best = next(a for a in range(rest, rest + largest) if count[a] >= 0)
+    used: dict[int, int] = {largest: bulk} if bulk else {}
+    a = best
+    while a:
+        u = choice[a]
+        used[u] = used.get(u, 0) + 1
+        a -= u
+    counts = tuple((by_size[u], used[u]) for u in units if used.get(u))
+    total = float(Decimal((bulk * largest + best) * g) / SCALE)
+    return Dispense(counts, total, exact)
+
+
+@lru_cache(maxsize=256)
+def _prepared(sizes: tuple[float, ...]) -> tuple:
+    """(units largest first, their gcd in thousandths, size by unit, table bound, exact) of a
+    set of vial sizes: the same few sets serve every dose of a batch."""
     ints = []
     for s in sizes:
         v = _scaled(s)
@@ -59,29 +91,9 @@ def _least_waste(dose: float, sizes: tuple[float, ...]) -> Dispense:
             raise ValueError(f"vial size {s:g} is finer than 1/{SCALE} of its unit")
         ints.append(int(v))
     g = reduce(math.gcd, ints)
-    units = [i // g for i in ints]  # largest first
-    target = int((_scaled(max(dose, 0.0)) / g).to_integral_value(rounding=ROUND_CEILING))
-    if target <= 0:
-        return Dispense((), 0.0)
-    largest = units[0]
-    bound = largest * largest
-    exact = bound <= MAX_STATES
-    bound = min(bound, MAX_STATES)
-    # Largest vials for all but the last `bound` units (an optimum uses at least this many).
-    bulk = max(0, (target - bound) // largest)
-    rest = target - bulk * largest
-    count, choice = _table(tuple(units), bound)
-    best = min((a for a in range(rest, rest + largest) if count[a] >= 0), key=lambda a: (a, count[a]))
-    used: dict[int, int] = {largest: bulk} if bulk else {}
-    a = best
-    while a:
-        u = choice[a]
-        used[u] = used.get(u, 0) + 1
-        a -= u
-    by_size = dict(zip(units, sizes))
-    counts = tuple((by_size[u], used[u]) for u in units if used.get(u))
-    total = float(Decimal((bulk * largest + best) * g) / SCALE)
-    return Dispense(counts, total, exact)
+    units = tuple(i // g for i in ints)  # largest first
+    bound = units[0] * units[0]
+    return units, g, dict(zip(units, sizes)), min(bound, MAX_STATES), bound <= MAX_STATES
 
 
 @lru_cache(maxsize=256)
@@ -137,16 +149,24 @@ def _dispense(vials: tuple, unit_amount: float, unit_of: str, vial_unit: str, do
     """The dispensing facts for one product and dose, worked out once (a batch repeats them)."""
     # The dose in the vials' unit (a g dose from mg vials would be unusual, but is converted).
     amount = float(Decimal(repr(dose)) * _TO_MG[unit_of] / _TO_MG[vial_unit])
-    found = least_waste(amount, [v[0] for v in vials])
-    by_size: dict[float, tuple] = {}
-    for v in vials:  # the first listed vial of a size gives its NDC
-        by_size.setdefault(v[0], v)
+    sizes, by_size, unit = _product_vials(vials, unit_amount, unit_of, vial_unit)
+    found = _least_waste(amount, sizes)
     counts = tuple((size, count) + by_size[size][1:] for size, count in found.counts)
     total = Decimal(repr(found.total))
-    unit = Decimal(repr(unit_amount)) * _TO_MG[unit_of] / _TO_MG[vial_unit]
     units = int((total / unit).to_integral_value(rounding=ROUND_CEILING))
     waste = max(0, units - prescribed_units) if prescribed_units is not None else None
     modifier = None
     if mods is not None and waste is not None:
         modifier = mods[0] if waste > 0 else mods[1]
     return counts, float(total), units, waste, modifier, found.exact
+
+
+@lru_cache(maxsize=256)
+def _product_vials(vials: tuple, unit_amount: float, unit_of: str, vial_unit: str) -> tuple:
+    """(sizes for least_waste, the vial each size names, the billing unit in the vials' unit) of
+    a product: they do not depend on the dose, so a batch works them out once per product."""
+    by_size: dict[float, tuple] = {}
+    for v in vials:  # the first listed vial of a size gives its NDC
+        by_size.setdefault(v[0], v)
+    unit = Decimal(repr(unit_amount)) * _TO_MG[unit_of] / _TO_MG[vial_unit]
+    return _clean([v[0] for v in vials]), by_size, unit

@@ -68,6 +68,7 @@ def _describe(node: OnLabel, vocab) -> str:
 @register(OnLabel, describe=_describe)
 def _on_label(node: OnLabel, ctx: Context) -> Result:
     status = label_status(ctx.referral, ctx.criteria)
+    ctx._label = (status,)  # the determination's label block is this same answer
     if status is None:
         return _leaf(node, NOT_MET, "no product is named in the request")
     if status["on_label"]:
