@@ -6,20 +6,12 @@ from typing import Any, Iterable
 
 from .context import Context
 from .leaves import BY_MODEL
-from .nodes import AllOf, AnyOf, AtLeast
+from .nodes import AllOf, AnyOf, AtLeast, children
 from .result import MET, NOT_MET, UNKNOWN, Result, kleene_all, kleene_any, kleene_at_least
 
 
-# The combinators by their exact class: (children's field, how statuses combine), so a walk
-# asks one dict instead of three isinstance checks per node (policy nodes are these classes).
-_COMBINE = {AllOf: ("all_of", lambda node, s: kleene_all(s)),
-            AnyOf: ("any_of", lambda node, s: kleene_any(s)),
-            AtLeast: ("of", lambda node, s: kleene_at_least(node.at_least, s))}
-
-
 def evaluate_node(node: Any, ctx: Context) -> Result:
-    kind = type(node)
-    leaf = BY_MODEL.get(kind)
+    leaf = BY_MODEL.get(type(node))
     if leaf is not None:
         result = leaf.evaluate(node, ctx)
         # An unconfirmed rule (ctx.verified: the policy's verified_nodes) matters when it is
@@ -28,10 +20,14 @@ def evaluate_node(node: Any, ctx: Context) -> Result:
             if result.status != NOT_MET or not node.pathway:
                 ctx.warnings.append(_unverified(node, result.status, ctx.memo))
         return result
-    # (a subclass of a combinator, which policies never hold, is found by isinstance)
-    combine = _COMBINE.get(kind) or next(v for k, v in _COMBINE.items() if isinstance(node, k))
-    kids = [evaluate_node(child, ctx) for child in getattr(node, combine[0])]
-    status = combine[1](node, [k.status for k in kids])
+    kids = [evaluate_node(child, ctx) for child in children(node)]
+    statuses = [k.status for k in kids]
+    if isinstance(node, AllOf):
+        status = kleene_all(statuses)
+    elif isinstance(node, AnyOf):
+        status = kleene_any(statuses)
+    else:
+        status = kleene_at_least(node.at_least, statuses)
     reason = _combined_reason(node, status, kids)
     # What to document matters only while the answer is still open or blocked elsewhere:
     # once an any_of is met, its unknown siblings need nothing.
