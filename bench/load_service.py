@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import re
+import resource
 import socket
 import statistics
 import subprocess
@@ -104,9 +106,10 @@ async def run_clients(port: int, ids: list[str], cookies: list[str], seconds: fl
         finally:
             writer.close()
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client(n) for n in range(len(cookies))))
     times["wall"] = [time.perf_counter() - t0]
+    times["client_cpu"] = [time.process_time() - cpu0]
     return times, errors
 
 
@@ -152,10 +155,11 @@ def main() -> int:
                 sign_in(c)
                 cookies.append("; ".join(f"{k}={v}" for k, v in c.cookies.items()))
         times, errors = asyncio.run(run_clients(port, ids, cookies, args.seconds, args.requests))
-        wall = times.pop("wall")[0]
+        wall, client_cpu = times.pop("wall")[0], times.pop("client_cpu")[0]
         total = sum(len(v) for v in times.values())
         print(f"{total} requests from {args.clients} clients in {wall:.1f} s ({total / wall:.0f}/s), "
-              f"{len(errors)} errors")
+              f"{len(errors)} errors; load average {os.getloadavg()[0]:.1f}; "
+              f"client CPU {client_cpu / total * 1000:.2f} ms a request")
         for kind, target in (("worklist", 300), ("case", 150)):
             ms = sorted(x * 1000 for x in times[kind])
             if not ms:
@@ -167,6 +171,9 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(10)
+        # the server's CPU (every worker: uvicorn's supervisor waits for them), start-up included
+        used = resource.getrusage(resource.RUSAGE_CHILDREN)
+        print(f"server CPU {used.ru_utime + used.ru_stime:.1f} s in all")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -338,8 +339,6 @@ class Store:
         read transaction: rows, how many match, counts per status and the payers. The counts,
         payers and totals are kept until the `cases` counter moves."""
         conditions = _conditions(status, payer, due_before, None, False)
-        column = _SORTS.get(sort, Case.updated_at)
-        order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
         with self.engine.connect() as conn:
             gen = self.changes(conn)
             counts = self._cached(("counts",), gen, lambda: dict(conn.execute(
@@ -351,22 +350,20 @@ class Store:
             else:
                 total = self._cached(("total", status, payer, due_before), gen, lambda: conn.execute(
                     select(func.count(Case.id)).where(*conditions)).scalar() or 0)
-            rows = conn.execute(select(*_WORKLIST_COLUMNS).where(*conditions).order_by(*order)
-                                .limit(limit).offset(offset)).all()
+            values = {"status": status, "payer": payer, "due_before": due_before, "limit": limit, "offset": offset}
+            rows = conn.execute(_worklist_query(bool(status), bool(payer), bool(due_before), sort, descending),
+                                values).all()
         return {"rows": rows, "total": total, "counts": counts, "payers": payers}
 
     def case_view(self, case_id: str):  # noqa: ANN201 - rows with the attributes of Case, Event, ReferralVersion
         """A case with its events and referral versions (not their data), in one read transaction;
         Core rows, not ORM objects (a case page is read far more often than it is changed)."""
         with self.engine.connect() as conn:
-            case = conn.execute(select(Case.__table__).where(Case.id == case_id)).first()
+            case = conn.execute(_CASE_ROW, {"cid": case_id}).first()
             if case is None:
                 raise NotFound(case_id)
-            events = conn.execute(select(Event.__table__).where(Event.case_id == case_id).order_by(Event.id)).all()
-            versions = conn.execute(select(ReferralVersion.number, ReferralVersion.determination,
-                                           ReferralVersion.created_by, ReferralVersion.created_at)
-                                    .where(ReferralVersion.case_id == case_id)
-                                    .order_by(ReferralVersion.number)).all()
+            events = conn.execute(_CASE_EVENTS, {"cid": case_id}).all()
+            versions = conn.execute(_CASE_VERSIONS, {"cid": case_id}).all()
             return case, events, versions
 
     def case_page(self, *, status: Optional[str] = None, payer: Optional[str] = None,
@@ -528,11 +525,30 @@ def _case_fields(data: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]
 
 _USER_BY_ID = select(User.id, User.name, User.role).where(User.id == bindparam("uid"), User.active.is_(True))
 _CHANGES = select(Counter.value).where(Counter.name == "cases")
+# a case page's three reads, built once: building a select costs more than running it
+_CASE_ROW = select(Case.__table__).where(Case.id == bindparam("cid"))
+_CASE_EVENTS = select(Event.__table__).where(Event.case_id == bindparam("cid")).order_by(Event.id)
+_CASE_VERSIONS = (select(ReferralVersion.number, ReferralVersion.determination, ReferralVersion.created_by,
+                         ReferralVersion.created_at)
+                  .where(ReferralVersion.case_id == bindparam("cid")).order_by(ReferralVersion.number))
 _SORTS = {"updated": Case.updated_at, "status": Case.status, "payer": Case.payer, "due": Case.reauthorization_due,
           "patient": Case.patient, "referral": Case.referral_id}
 # what a worklist row shows: stored columns only
 _WORKLIST_COLUMNS = (Case.id, Case.patient, Case.referral_id, Case.payer, Case.status, Case.missing,
                      Case.reauthorization_due)
+
+
+@lru_cache(maxsize=128)  # 2^3 filter shapes x sorts x 2 orders
+def _worklist_query(status: bool, payer: bool, due_before: bool, sort: str, descending: bool):  # noqa: ANN202
+    """The worklist's page query for one shape of filter and order, built once (its values are
+    bound per request): building a select costs more than SQLite takes to run it."""
+    conditions = [c for on, c in ((status, Case.status == bindparam("status")),
+                                  (payer, Case.payer == bindparam("payer")),
+                                  (due_before, Case.reauthorization_due <= bindparam("due_before"))) if on]
+    column = _SORTS.get(sort, Case.updated_at)
+    order = (column.desc(), Case.id.desc()) if descending else (column.asc(), Case.id.asc())
+    return (select(*_WORKLIST_COLUMNS).where(*conditions).order_by(*order)
+            .limit(bindparam("limit")).offset(bindparam("offset")))
 
 
 def _conditions(status, payer, due_before, due_after, open_only) -> list:  # noqa: ANN001
