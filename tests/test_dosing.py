@@ -124,3 +124,12 @@ def test_the_therapy_table_is_the_referral_formats_therapies(criteria):
 
     assert set(criteria.therapies) == set(get_args(Therapy))
     assert criteria.therapies["rituximab"].fixed_dose and not criteria.therapies["ivig"].fixed_dose
+
+
+def test_request_evidence_writes_numbers_as_a_person_does(decide):
+    # the referral says 2.0 and 4.0 (floats): the evidence says "2 g/kg ... every 4 weeks"
+    det = decide(treatments=REFRACTORY, patient={"weight_kg": 70.0, "height_cm": 170},
+                 request={"dose_g_per_kg": 2.0, "interval_weeks": 4.0})
+    summary = next(e["summary"] for c in det.criteria() if c["id"] == "dosing" for e in c["evidence"])
+    assert " 2 g/kg over " in summary and "every 4 weeks = 140 g per cycle" in summary
+    assert ".0 " not in summary

@@ -244,8 +244,13 @@ def assess(referral: Referral, products: Any, therapy: Any, limits: Any, warning
 
 def _request_summary(req, dosing: Optional[dict], fixed_dose: bool) -> str:
     if fixed_dose:
-        return f"{req.product} {req.dose_mg or '?'} mg x {req.doses or '?'} doses"
-    text = f"{req.product} {req.dose_g_per_kg or '?'} g/kg over {req.days_per_cycle or '?'} days every {req.interval_weeks or '?'} weeks"
+        return f"{req.product} {_n(req.dose_mg)} mg x {_n(req.doses)} doses"
+    text = f"{req.product} {_n(req.dose_g_per_kg)} g/kg over {_n(req.days_per_cycle)} days every {_n(req.interval_weeks)} weeks"
     if dosing:
         text += f" = {dosing['grams_per_cycle']:g} g per cycle ({dosing['weight_basis']} weight {dosing['dosing_weight_kg']:g} kg)"
     return text
+
+
+def _n(value) -> str:  # noqa: ANN001
+    """A number as a person writes it (4, not 4.0); '?' when the referral does not say."""
+    return "?" if value is None else f"{value:g}"

@@ -53,6 +53,21 @@ def test_case_page_shows_the_determination_and_records_approval(env: Env) -> Non
     assert stale.status_code == 409 and "reload" in stale.text
 
 
+def test_case_page_says_dosing_and_billing_in_the_words_of_check(env: Env) -> None:
+    from html import unescape
+
+    from priorauth import check
+    from priorauth.engine.summary import billing_lines, dosing_line
+
+    cid = env.new_case()["case_id"]
+    page = unescape(env.browser("billing").get(f"/cases/{cid}").text)
+    det = check(DATA / "dm-steroid-intolerance.yaml").to_dict()
+    section = page[page.index("Dosing and billing"):page.index("<h3>Safety")]
+    assert dosing_line(det["dosing"]) in section and "g/kg x" in section
+    assert det["billing"] and all(line in section for line in billing_lines(det["billing"], det["authorization"]))
+    assert "{'" not in section and "None" not in section and "_" not in re.sub(r"<[^>]+>", "", section)
+
+
 def test_check_stores_nothing_unless_saved(env: Env) -> None:
     text = (DATA / "dm-steroid-intolerance.yaml").read_text()
     physician = env.browser("physician")

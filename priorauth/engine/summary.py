@@ -1,0 +1,49 @@
+"""The dosing and billing blocks of a determination (its JSON form) in plain words: the same
+text for the terminal report (`priorauth check`) and the case page of the service."""
+
+from __future__ import annotations
+
+
+def dosing_line(d: dict | None) -> str:
+    if not d:
+        return "cannot be computed (see what to document)"
+    if "dose_mg" in d:
+        units = d["billing_units_per_dose"]
+        return (f"{d['product']} {d['dose_mg']:g} mg x {d['doses'] or '?'} doses; {d['hcpcs'] or 'HCPCS unknown'}: "
+                f"{units if units is not None else '?'} units per dose (10 mg each)")
+    basis = f"{d['weight_basis']} weight"
+    if d["weight_basis"] == "adjusted":
+        basis += f" (BMI {d['bmi']:g}, ideal {d['ideal_body_weight_kg']:g} kg, actual {d['actual_weight_kg']:g} kg)"
+    units = d["billing_units_per_cycle"]
+    return (f"{d['dose_g_per_kg']:g} g/kg x {d['dosing_weight_kg']:g} kg ({basis}) = {d['grams_per_cycle']:g} g per cycle; "
+            f"{d['hcpcs'] or 'HCPCS unknown'}: {units if units is not None else '?'} units of {d['billing_unit'] or '?'}")
+
+
+def billing_lines(b: dict, auth: dict | None) -> list[str]:
+    """The billing block in words: vials and NDCs, waste and its modifier, administration, place."""
+    per = b["per"]
+    out = []
+    if b["lines"]:
+        vials = ", ".join(f"{l['count']} x {l['vial']} ({_ndc(l)})" for l in b["lines"])
+        out.append(f"dispensed per {per}: {vials} = {b['dispensed_units']} units of {b['hcpcs']}; "
+                   f"prescribed {b['prescribed_units']}, wasted {b['waste_units']} ({b['modifier']})")
+    for a in b["administration"]:
+        units = a["units"] if a["units"] is not None else (a.get("rule") or "from the infusion record")
+        out.append(f"administration {a['cpt']}: {a['description']}; units per {per}: {units}")
+    pos = b["place_of_service"]
+    out.append(f"place of service: {pos['code']} {pos['name'] or ''} (from the {pos['basis'].replace('_', ' ')})"
+               if pos else "place of service: not stated (request.place_of_service or site_of_care)")
+    if auth and auth.get("cycles_approvable") is not None:
+        fit = f", {auth['cycles_fit']} fit in {auth['months']} months" if auth.get("cycles_fit") is not None else ""
+        out.append(f"authorization: {auth['cycles_approvable']} {per}s approvable (requested "
+                   f"{auth['cycles_requested'] if auth['cycles_requested'] is not None else '?'}{fit}); "
+                   f"{auth['units_approvable']} units prescribed, {auth['dispensed_units_approvable']} dispensed")
+    return out
+
+
+def _ndc(line: dict) -> str:
+    if line["ndc"]:
+        return f"NDC {line['ndc']}"
+    if line.get("ndc_product"):
+        return f"NDC {line['ndc_product']}, package code from the carton"
+    return "NDC from the carton"
