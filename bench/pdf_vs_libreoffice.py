@@ -11,6 +11,10 @@ same machine, same seeded referrals (issue 14, point 6).
   (t) Typst alone the PDF render of --typst letter contexts made beforehand, in this process: no
                   reading, no evaluation, no files. (p) cannot be faster than (t); (t) / (l) is the
                   most the PDF ratio can reach with this template and Typst version.
+  (f) floor       Typst on plain text as long as the (t) letters (their mean page count), one font,
+                  no tables, new words each compile, in this process: what Typst takes to lay out
+                  and write that many pages of anything. (f) / (l) bounds the ratio of any letter
+                  of that length.
 
 Ratios are letters per second: (p) / (l) (target >= 100x) and (b) / (a) (target >= 20x). Each
 figure is the best of --repeat interleaved rounds. LibreOffice is not a dependency of priorauth
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import platform
 import shutil
 import subprocess
@@ -70,9 +75,39 @@ def typst_only(contexts: list[dict]) -> dict:
 
     render_context(contexts[0], "pdf")
     start = time.perf_counter()
-    for ctx in contexts[1:]:
-        render_context(ctx, "pdf")
-    return {"letters": len(contexts) - 1, "seconds": time.perf_counter() - start}
+    pages = sum(_pages(render_context(ctx, "pdf")) for ctx in contexts[1:])
+    return {"letters": len(contexts) - 1, "seconds": time.perf_counter() - start, "pages": pages}
+
+
+def _pages(pdf: bytes) -> int:
+    return len(re.findall(rb"/Type\s*/Page(?!s)", pdf))
+
+
+# (f): the letter's page, font and size (templates/common.typ), plain paragraphs; `k` makes each
+# compile's words new, so Typst cannot reuse the layout of the one before.
+FLOOR_TYP = """#set page(paper: "us-letter", margin: (x: 0.8in, top: 0.7in, bottom: 0.75in))
+#set text(font: "Libertinus Serif", size: 10.5pt, lang: "en", hyphenate: false)
+#set par(justify: false, leading: 0.55em, spacing: 0.8em)
+#let k = int(sys.inputs.k)
+#for i in range(int(sys.inputs.paragraphs)) [Paragraph #(k * 1000 + i): #lorem(60)
+
+]
+"""
+
+
+def typst_floor(pages: float, n: int, work: Path) -> dict:
+    """(f): `n` compiles of plain text `pages` long (calibrated), timed after one warm-up."""
+    import typst
+
+    main = work / "floor" / "floor.typ"
+    main.parent.mkdir(parents=True, exist_ok=True)
+    main.write_text(FLOOR_TYP)
+    comp = typst.Compiler(str(main), root=str(main.parent), ignore_system_fonts=True)
+    one = lambda k, paras: comp.compile(sys_inputs={"k": str(k), "paragraphs": str(paras)}, pdf_tags=False)
+    paragraphs = max(1, round(40 * pages / _pages(one(0, 40))))
+    start = time.perf_counter()
+    made = sum(_pages(one(k, paragraphs)) for k in range(1, n + 1))
+    return {"letters": n, "seconds": time.perf_counter() - start, "pages": made}
 
 
 def main() -> None:
@@ -97,7 +132,7 @@ def main() -> None:
         write_samples(a.n, inp, seed=a.seed, invalid_share=0.02)
         big = work / "in-docx"
         write_samples(a.docx_n, big, seed=a.seed, invalid_share=0.02)
-        runs: dict[str, list[dict]] = {k: [] for k in ("p", "l", "a", "b", "t")}
+        runs: dict[str, list[dict]] = {k: [] for k in ("p", "l", "a", "b", "t", "f")}
         contexts = b.letter_contexts(inp, a.repeat * (a.typst + 1))
         docx_sample: list[Path] = []
         if binary:
@@ -114,6 +149,7 @@ def main() -> None:
             runs["a"].append(b.naive(big, work / f"a{i}", a.naive))
             runs["b"].append(b.batch([str(big), "-o", str(work / f"b{i}"), "--jobs", "1"]))
             runs["t"].append(typst_only(contexts[i * (a.typst + 1):(i + 1) * (a.typst + 1)]))
+            runs["f"].append(typst_floor(runs["t"][-1]["pages"] / runs["t"][-1]["letters"], a.typst, work))
             print(f"round {i + 1}/{a.repeat} done", file=sys.stderr)
         best = {k: b.best(v) for k, v in runs.items() if v}
         rate = {k: r["letters"] / r["seconds"] for k, r in best.items()}
@@ -132,6 +168,11 @@ def main() -> None:
                      f"| {best['t']['letters']:,} | {best['t']['seconds']:.2f} | {rate['t']:,.1f} | "
                      + (f"{rate['t'] / rate['l']:,.0f}x (l) | the most (p) can reach: "
                         f"{1000 / rate['t']:.1f} ms a letter |" if "l" in rate else "- | |"))
+        mean_pages = best["t"]["pages"] / best["t"]["letters"]
+        lines.append(f"| (f) floor: Typst on plain text of {mean_pages:.1f} pages (the letters' mean), one font, "
+                     f"no tables, in-process | {best['f']['letters']:,} | {best['f']['seconds']:.2f} | {rate['f']:,.1f} | "
+                     + (f"{rate['f'] / rate['l']:,.0f}x (l) | the most any letter this long can reach: "
+                        f"{1000 / rate['f']:.1f} ms |" if "l" in rate else "- | |"))
         if "l" in rate:
             lines.append(f"| (l) `soffice --headless --convert-to pdf`, one process per letter | {best['l']['letters']:,} "
                          f"| {best['l']['seconds']:.2f} | {rate['l']:,.2f} | 1.0x | |")
