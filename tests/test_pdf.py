@@ -132,6 +132,23 @@ def test_table_rows_stay_whole_across_pages(criteria):
         assert row.count("nausea and fatigue") >= 12 * (sum(f"trial {j}:" in row for j in range(14)))
 
 
+def test_a_label_never_ends_a_page_without_its_list(criteria):
+    """Histories long enough that the diagnosis table ends near the foot of page 2: in some of
+    them the page break falls right after the table; "How the diagnosis was confirmed:" then
+    moves to the next page with its list."""
+    label, moved = "How the diagnosis was confirmed:", 0
+    for sentences in range(100, 120):
+        data = dm_data()
+        data["clinical_summary"] = {"history": "Weakness of the hip girdle progressed over months. " * sentences}
+        ref, det = decide(data, criteria)
+        pdf = pypdf.PdfReader(io.BytesIO(render.render_letter(ref, det, "pdf")))
+        pages = [flat(p.extract_text()) for p in pdf.pages]
+        at = next(n for n, p in enumerate(pages) if label in p)
+        assert re.search(re.escape(label) + r"\s*• \S", pages[at]), sentences  # its list follows, same page
+        moved += "ICD-10-CM" not in pages[at]
+    assert moved, "no history length put the page break next to the label: the test proves nothing"
+
+
 def test_two_points_are_a_table_not_a_trend(criteria):
     ref, det = decide(continuation_data(), criteria)
     ctx = render.letter_context(ref, det, kind="continuation")
