@@ -372,6 +372,16 @@ def test_request_table_carries_ndc_units_administration_place_and_facility(crite
         assert "Lakeside Infusion Center, NPI 1245319599, TIN 38-1234567, 410 Harbor Way" in text, fmt
 
 
+def test_a_missing_package_code_is_said_once(criteria):
+    lines = [{"ndc": None, "ndc_product": "68982-0850", "vial": 30.0, "count": 5, "units": 300},
+             {"ndc": None, "ndc_product": "68982-0850", "vial": 2.0, "count": 2, "units": 8}]
+    ref, det = decide(data_of(DM_ILD), criteria, billing=dict(BILLING, lines=lines))
+    text = text_of(ref, det, "md")
+    assert ("NDC 68982-0850 (30 g vial) × 5; NDC 68982-0850 (2 g vial) × 2; "
+            "package codes to be added from the cartons") in text
+    assert text.count("to be added from the carton") == 1
+
+
 def test_cycles_requested_are_those_the_authorization_holds(criteria):
     ref, det = decide(data_of(DM_ILD), criteria, authorization={"cycles_approvable": 3})
     ctx = render.letters_for().context(ref, det)

@@ -101,11 +101,12 @@ def _is_baseline(view: Mapping[str, Any]) -> bool:
 
 
 def _ndc_text(line: Mapping[str, Any]) -> str:
-    """An NDC as billed (11 digits), or the labeler-product code when only that is on file."""
+    """An NDC as billed (11 digits), or the labeler-product code when only that is on file (the
+    cell then says once, at its end, that the package code comes from the carton)."""
     if line.get("ndc"):
         return f"NDC {line['ndc']}"
     if line.get("ndc_product"):
-        return f"NDC {line['ndc_product']} (package code to be added from the carton)"
+        return f"NDC {line['ndc_product']}"
     return "NDC from the dispensed carton"
 
 
@@ -211,6 +212,9 @@ def billing(view: Mapping[str, Any], ref, words: dict) -> dict:
                                           if ln.get("vial") is not None else "")
                 + (f" × {num(ln['count'])}" if ln.get("count") is not None else "")
                 for ln in lines)
+            if any(not ln.get("ndc") and ln.get("ndc_product") for ln in lines):
+                out["ndc"] += ("; package codes to be added from the cartons" if len(lines) > 1
+                               else "; package code to be added from the carton")
         if b.get("dispensed_units") is not None:
             unit = f" of {b['unit']}" if b.get("unit") else ""
             per = b.get("per") or "cycle"
