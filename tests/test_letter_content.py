@@ -416,3 +416,15 @@ def test_trend_chart_only_with_three_points(criteria):
     ctx = render.letters_for().context(ref, det, kind="continuation", draft=True)
     series = {s["key"] for s in ctx["continuation"]["series"]}
     assert "ck" not in series  # two CK values: a change in the table, not a trend
+
+
+def test_criteria_rows_cite_the_section_under_the_policy_named_once(criteria):
+    ref, det = decide(medicare_ready(), criteria)
+    named = det.to_dict()["policy"]["document"]["citation"]
+    rows = [c["citation"] for c in det.to_dict()["criteria"] if c.get("citation", "").startswith(named + ", ")]
+    assert len(rows) >= 3  # the policy's sections, each behind the document's name
+    for fmt in ("md", "pdf"):
+        text = " ".join(text_of(ref, det, fmt, draft=False).split())
+        assert "LCD L35093, Immune Globulin (rev. 02/05/2023)" in text, fmt  # named above the criteria
+        assert "Coverage Indications, Limitations, and/or Medical Necessity" in text, fmt
+        assert "(rev. 02/05/2023), Coverage Indications" not in text, fmt  # not again in every row

@@ -110,15 +110,21 @@ def _ndc_text(line: Mapping[str, Any]) -> str:
     return "NDC from the dispensed carton"
 
 
-def payer_citations(view: Mapping[str, Any]) -> dict[str, str]:
-    """criterion id -> the payer policy's own citation (criteria[].citation), as text."""
+def payer_citations(view: Mapping[str, Any], *, short: bool = False) -> dict[str, str]:
+    """criterion id -> the payer policy's own citation (criteria[].citation), as text. `short`:
+    without the policy document's name, which a letter gives once above its criteria (the same
+    40 words in every row of the table were most of its length)."""
     if _is_baseline(view):
         return {}
+    named = ((view.get("policy") or {}).get("document") or {}).get("citation") if short else None
     out = {}
     for c in view.get("criteria") or ():
         cit = c.get("citation")
         if isinstance(cit, Mapping):
             cit = ", ".join(str(cit[k]) for k in ("document", "section", "text") if cit.get(k))
+        if cit and named and str(cit).startswith(named):
+            rest = str(cit)[len(named):].lstrip(",;: ")
+            cit = rest[:1].upper() + rest[1:] if rest else "The policy as a whole"
         if cit:
             out[c["id"]] = iso_dates(str(cit))
     return out

@@ -310,7 +310,8 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     appeals_rules = words.get("appeals") or content.appeals_table()
     lob, pa_required = content.line_of_business(view, ref)
     document = content.policy_document(view)
-    payer_cites = content.payer_citations(view)
+    # the criteria table under the policy's name cites sections; an appeal's point quotes it whole
+    payer_cites = content.payer_citations(view, short=True)
     ctx: dict[str, Any] = {
         "kind": kind,
         "draft": bool(draft),
@@ -408,8 +409,8 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
 
     # Citations: the payer's own policy where the determination names it; a source that is a
     # non-US guideline is never shown as the policy of a US payer.
-    def cite(item: dict) -> None:
-        own = payer_cites.get(item["id"])
+    def cite(item: dict, cites: Mapping[str, str] = payer_cites) -> None:
+        own = cites.get(item["id"])
         if own:
             item["citation"] = own
         elif document is not None or content.non_us(item.get("citation"), lit):
@@ -420,10 +421,11 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     for item in ctx["criteria"]:
         cite(item)
     if ctx["appeal"]:
+        whole = content.payer_citations(view)
         for p in ctx["appeal"]["points"]:
-            cite(p)
+            cite(p, whole)
             for item in p["support"]:
-                cite(item)
+                cite(item, whole)
 
     # Wording, in stages: later snippets use what earlier ones produced.
     ctx["policy_name"] = _say(words.get("policy_name", ""), ctx)
