@@ -236,6 +236,38 @@ def test_plain_words_and_numbers(criteria, path):
             assert m is None, f"{path.stem} {kind}: {m.group(0)!r} in ...{text[max(0, m.start() - 60):m.end() + 40]}..."
 
 
+def test_plain_runs_a_pattern_only_where_it_can_match(criteria, tmp_path):
+    """plain() skips each pattern on text without the words every match holds: the same
+    sentences as every pattern run on every text, on what the engine says about many referrals."""
+    from priorauth.batch.generate import write_samples
+    from priorauth.core.errors import InputError
+    from priorauth.io.readers import read_referral
+    from priorauth.letters import context
+
+    def every_pattern(text: str) -> str:
+        for pattern, repl, _ in context._PLAIN:
+            text = pattern.sub(repl, text)
+        text = context._OR_LIST.sub(context._or_list, text.replace("do(es)", "does"))
+        text = context._LIMIT.sub(context._limit, text)
+        return context._ACRONYMS.sub(lambda m: m.group(1).upper(), text)
+
+    write_samples(150, tmp_path, seed=4, invalid_share=0)
+    sentences = {"dose (mg) 1000 within at most 1000 mg", "2 of 3 needed) -> emg finding(s)", "a (b or c or d)"}
+    for path in sorted(tmp_path.iterdir()):
+        try:
+            ref, warnings = read_referral(path, criteria=criteria)
+        except InputError:
+            continue
+        for c in determine(ref, criteria, warnings).criteria():
+            sentences.add(c["reason"])
+            sentences.update(e["summary"] for e in c["evidence"])
+    changed = 0
+    for text in sentences:
+        assert context.plain(text) == every_pattern(text), text
+        changed += context.plain(text) != text
+    assert len(sentences) > 300 and changed > 100
+
+
 # ------------------------------------------------------------------ Original Medicare
 
 

@@ -195,3 +195,45 @@ def test_a_duplicate_key_that_may_be_data_is_not_named():
     assert "OBrienKey" not in str(err.value) and "duplicate key" in str(err.value)
     with pytest.raises(InputError, match="'treatments'"):
         parse_text("treatments: []\ntreatments: []\n", "r.yaml")
+
+
+def _mutants() -> list[str]:
+    """Generated referrals with anchors, aliases, tags, document markers, directives and bare
+    `&` put in at seeded random places: most are broken, in many different ways."""
+    import random
+
+    from priorauth.batch.generate import generate
+
+    rng = random.Random(3)
+    bits = ["&", "& ", "&a ", "*a", "*", "\n---\n", "\n...\n", "\n%YAML 1.1\n", "%", "!", "!!str ", "\r---\r",
+            "& x\n", "\n- & \n", ": &\n", "\nz: [\n", "\n---\nb: [\n", "'", "&é", "\u2028---\u2028"]
+    texts = []
+    for sample in generate(40, seed=9, invalid_share=0, json_share=0):
+        text = sample.data.decode("utf-8")
+        for _ in range(12):
+            t = text
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randrange(len(t) + 1)
+                t = t[:at] + rng.choice(bits) + t[at:]
+            texts.append(t)
+    return texts
+
+
+def test_shortcuts_change_no_outcome_and_no_message(monkeypatch):
+    """parse_text skips the pass over the events for a `&` that cannot start an anchor
+    ("Greene & Associates") and the tag recheck for a text without `!`: the same data, and
+    the same message for every refusal, as with both always done."""
+    import re
+
+    texts = [*TRICKY.values(), "a: Greene & Associates\n", "a: b & c\nd: *x\n", "a: b & c\n---\nd: [\n",
+             "a: b & c\n...\nd: [\n", "a: b & c\n%TAG ! x\n---\nd: 1\n", "a: b & c\rd: &x 1\n", *_mutants()]
+    shortcut = [_ours(t) for t in texts]
+    assert sum(o[0] == "refused" for o in shortcut) > len(texts) // 3
+
+    class AlwaysChecked(yamlio._Builder):
+        def __init__(self, loader, aliases, tagged=True):
+            super().__init__(loader, aliases, True)
+
+    monkeypatch.setattr(yamlio, "_MAY_ANCHOR", re.compile(""))
+    monkeypatch.setattr(yamlio, "_Builder", AlwaysChecked)
+    assert [_ours(t) for t in texts] == shortcut

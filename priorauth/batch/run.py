@@ -318,6 +318,9 @@ class LetterMaker:
         # The wording and appeals table, read once for the run: letter_context would otherwise
         # stat (and check for changes) letter-text.yaml and appeals.yaml for every letter.
         self.words = render.default_letters().words
+        from ..letters.content import literature_table
+
+        self.literature = literature_table()
         self.fast = None
         if "docx" in formats:
             from ..letters.docx_fast import FastDocx
@@ -325,10 +328,12 @@ class LetterMaker:
             path = render.template_path("docx")
             self.fast = FastDocx(path, render.letter_env("docx", path), autoescape=True)
 
-    def make(self, referral, determination) -> dict[str, bytes]:
-        """fmt -> letter bytes, identical to render.render_letter(referral, determination, fmt)."""
+    def make(self, referral, determination, view: Optional[dict] = None) -> dict[str, bytes]:
+        """fmt -> letter bytes, identical to render.render_letter(referral, determination, fmt);
+        `view` is determination.to_dict() when the caller has it."""
         r = self.render
-        ctx = r.letter_context(referral, determination, kind=referral.request.request_type, words=self.words)
+        ctx = r.letter_context(referral, determination, kind=referral.request.request_type, words=self.words,
+                               view=view, literature=self.literature)
         out: dict[str, bytes] = {}
         docx = None
         if self.fast is not None:
@@ -551,7 +556,7 @@ def _process_record(seq: int, source: str, data: bytes, h: bytes) -> tuple:
                auth.get("reauthorization_due"),
                "; ".join(d.get("reasons") or []) if det.determination == "not_eligible" else None]
         if det.determination == "meets_criteria" and w.letters is not None:
-            for fmt, blob in w.letters.make(referral, det).items():
+            for fmt, blob in w.letters.make(referral, det, d).items():
                 rel = f"letters/{referral.referral_id}.{file_extension(fmt)}"
                 # A name no other process uses (pid, sequence) and O_EXCL, so no retry loop;
                 # created 0600 (the umask can only take bits away).

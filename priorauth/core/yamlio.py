@@ -100,9 +100,12 @@ class _Builder:
     MAX_DEPTH, so it is safe; with `aliases`, a shared node is built once (as PyYAML does)
     and its expanded size counts against MAX_NODES every time it is used."""
 
-    def __init__(self, loader: _Loader, aliases: bool):
+    def __init__(self, loader: _Loader, aliases: bool, tagged: bool = True):
         self.loader = loader
         self.aliases = aliases
+        # Every tag is written with "!": a text without one has only the tags the text
+        # resolves to, and the recheck in scalar() could not fail.
+        self.tagged = tagged
         self.nodes = 0
         self.memo: dict[int, tuple[Any, int]] = {}  # id(node) -> (data, expanded size)
         self.building: set[int] = set()
@@ -160,14 +163,15 @@ class _Builder:
     def scalar(self, node) -> Any:
         tag = node.tag
         value = node.value
-        # What the text alone resolves to; a different tag was written explicitly.
-        implicit = self.loader.resolve(yaml.ScalarNode, value, (True, False)) if not node.style else _STR
-        if tag != implicit:
-            if tag.startswith("tag:yaml.org,2002:"):
-                name = "!!" + tag[len("tag:yaml.org,2002:"):]
-            else:
-                name = "a custom tag"
-            raise _Refused(f"explicit YAML tags ({name}) are not allowed: write the value plainly", _line(node))
+        if self.tagged:
+            # What the text alone resolves to; a different tag was written explicitly.
+            implicit = self.loader.resolve(yaml.ScalarNode, value, (True, False)) if not node.style else _STR
+            if tag != implicit:
+                if tag.startswith("tag:yaml.org,2002:"):
+                    name = "!!" + tag[len("tag:yaml.org,2002:"):]
+                else:
+                    name = "a custom tag"
+                raise _Refused(f"explicit YAML tags ({name}) are not allowed: write the value plainly", _line(node))
         if tag == _STR:
             return value
         if tag not in _PLAIN_SCALARS:  # `<<` or `=` as a value, or anything else PyYAML would construct
@@ -195,6 +199,13 @@ def _anchor_or_tag(text: str, aliases: bool) -> None:
                 name = "!!" + tag[len("tag:yaml.org,2002:"):] if tag.startswith("tag:yaml.org,2002:") else "a custom tag"
                 raise _Refused(f"explicit YAML tags ({name}) are not allowed: write the value plainly",
                                event.start_mark.line)
+
+
+# The texts where the pass over the events (_anchor_or_tag) can refuse, or fail as the
+# composer would not: an anchor (`&` and a name character), an alias (`*`), or a second
+# document (a marker, or a directive at the start of a line) that the composer would refuse
+# before the parser found a later error. A `&` in text ("Greene & Associates") is none of these.
+_MAY_ANCHOR = re.compile(r"&[\w-]|\*|---|\.\.\.|(?:\A|[\r\n\x85\u2028\u2029])%")
 
 
 def _compose(text: str):
@@ -318,10 +329,11 @@ def parse_text(text: str, source: str) -> Any:
 
 def _load_yaml(text: str, source: str, *, aliases: bool, error: type) -> Any:
     try:
-        if (not aliases and "&" in text) or "!" in text:
+        tagged = "!" in text
+        if tagged or (not aliases and "&" in text and _MAY_ANCHOR.search(text)):
             _anchor_or_tag(text, aliases)
         loader, node = _compose(text)
-        return None if node is None else _Builder(loader, aliases).build(node)
+        return None if node is None else _Builder(loader, aliases, tagged).build(node)
     except _Refused as exc:
         raise error(f"{_where(source, exc.line)} not valid YAML or JSON: {exc}") from None
     except yaml.YAMLError as exc:

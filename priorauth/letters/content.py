@@ -66,7 +66,7 @@ _ISO_IN_TEXT = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 def iso_dates(value: Any) -> Any:
     """ISO dates in a text, alone or inside a citation ("rev. 2023-02-05"), as the letter writes
     dates (02/05/2023), nothing else changed; anything but text as it is."""
-    return _ISO_IN_TEXT.sub(r"\2/\3/\1", value) if isinstance(value, str) else value
+    return _ISO_IN_TEXT.sub(r"\2/\3/\1", value) if isinstance(value, str) and "-" in value else value
 
 
 def _prefix(code: str, prefixes) -> bool:

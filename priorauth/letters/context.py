@@ -31,20 +31,22 @@ def _walk(result, ancestors: tuple = ()):
         yield from _walk(child, ancestors + (result,))
 
 
+# (pattern, replacement, a text in every match): plain() runs a pattern only on text that
+# holds it (a substring test is far cheaper than a regular expression that finds nothing).
 _PLAIN = [
-    (re.compile(r"\s*\((\d+) of \1 needed\)"), ""),                       # "(1 of 1 needed)": says nothing
-    (re.compile(r"\((\d+) of (\d+) needed\)"), r"(\1 of the \2 the policy requires)"),
-    (re.compile(r"\b1 (\w+)\(s\)"), r"1 \1"),
-    (re.compile(r"\b(\d+) (\w+)\(s\)"), r"\1 \2s"),
-    (re.compile(r" -> "), " to "),
-    (re.compile(r": [-+](\d+%) (better|worse)\b"), r": \1 \2"),
-    (re.compile(r"\bfinding\(s\)"), "findings"),
-    (re.compile(r"\b(findings?) of an accepted kind\b"), r"\1 of a kind the criteria accept"),
-    (re.compile(r"\bemg\b"), "EMG"),
-    (re.compile(r"\bmri\b"), "MRI"),
-    (re.compile(r"\b(\d+)\.0\b(?!\.\d)"), r"\1"),                         # "every 4.0 weeks", "2.0 g/kg"
-    (re.compile(r"\b(\d{1,3})(\d{3})\b(?= ?(?:mg|U/L|g)\b)"), r"\1,\2"),   # "1000 mg" -> "1,000 mg"
-    (re.compile(r"\((mg|U/L)\) (\d{1,3})(\d{3})\b"), r"(\1) \2,\3"),        # "dose (mg) 1000 within"
+    (re.compile(r"\s*\((\d+) of \1 needed\)"), "", "needed)"),                 # "(1 of 1 needed)": says nothing
+    (re.compile(r"\((\d+) of (\d+) needed\)"), r"(\1 of the \2 the policy requires)", "needed)"),
+    (re.compile(r"\b1 (\w+)\(s\)"), r"1 \1", "(s)"),
+    (re.compile(r"\b(\d+) (\w+)\(s\)"), r"\1 \2s", "(s)"),
+    (re.compile(r" -> "), " to ", " -> "),
+    (re.compile(r": [-+](\d+%) (better|worse)\b"), r": \1 \2", "%"),
+    (re.compile(r"\bfinding\(s\)"), "findings", "finding(s)"),
+    (re.compile(r"\b(findings?) of an accepted kind\b"), r"\1 of a kind the criteria accept", " of an accepted kind"),
+    (re.compile(r"\bemg\b"), "EMG", "emg"),
+    (re.compile(r"\bmri\b"), "MRI", "mri"),
+    (re.compile(r"\b(\d+)\.0\b(?!\.\d)"), r"\1", ".0"),                   # "every 4.0 weeks", "2.0 g/kg"
+    (re.compile(r"\b(\d{1,3})(\d{3})\b(?= ?(?:mg|U/L|g)\b)"), r"\1,\2", ""),  # "1000 mg" -> "1,000 mg"
+    (re.compile(r"\((mg|U/L)\) (\d{1,3})(\d{3})\b"), r"(\1) \2,\3", ") "),    # "dose (mg) 1000 within"
 ]
 
 
@@ -69,11 +71,14 @@ def _limit(m: "re.Match") -> str:
 @functools.lru_cache(maxsize=8192)
 def plain(text: str) -> str:
     """The engine's sentences as a person writes them (no "(1 of 1 needed)", "4.0 weeks", "emg")."""
-    for pattern, repl in _PLAIN:
-        text = pattern.sub(repl, text)
+    for pattern, repl, needed in _PLAIN:
+        if needed in text:
+            text = pattern.sub(repl, text)
     text = text.replace("do(es)", "does")
-    text = _OR_LIST.sub(_or_list, text)
-    text = _LIMIT.sub(_limit, text)
+    if " or " in text:
+        text = _OR_LIST.sub(_or_list, text)
+    if " within " in text or " exceeds the policy's " in text:
+        text = _LIMIT.sub(_limit, text)
     return _ACRONYMS.sub(lambda m: m.group(1).upper(), text)
 
 
@@ -117,22 +122,28 @@ def _criterion(r, ancestors, policy) -> dict:
     }
 
 
-def _in_unmet_alternative(r, ancestors: tuple) -> bool:
-    """Is this node inside an alternative (child of any_of / at_least) that is not met as a whole?
-
-    A met leaf of an unmet pathway (a drug being taken, in a rapidly-progressive pathway whose
-    course is not rapidly progressive) proves nothing and is not shown as a criterion met.
-    """
-    chain = (*ancestors, r)
-    return any(not hasattr(parent.node, "all_of") and child.status != MET
-               for parent, child in zip(chain, chain[1:]))
-
-
 def _met_leaves(result, policy) -> list[dict]:
-    if result is None:
-        return []
-    return [_criterion(r, anc, policy) for r, anc in _walk(result)
-            if r.status == MET and not r.children and not _in_unmet_alternative(r, anc)]
+    """The met leaves under `result`, in _walk's order, but none inside an alternative (child
+    of any_of / at_least) that is not met as a whole: a met leaf of an unmet pathway (a drug
+    being taken, in a rapidly-progressive pathway whose course is not rapidly progressive)
+    proves nothing and is not shown as a criterion met. The walk does not go into such an
+    alternative at all."""
+    out: list[dict] = []
+
+    def visit(r, ancestors: tuple) -> None:
+        if not r.children:
+            if r.status == MET:
+                out.append(_criterion(r, ancestors, policy))
+            return
+        chain = ancestors + (r,)
+        alternatives = not hasattr(r.node, "all_of")
+        for child in r.children:
+            if not (alternatives and child.status != MET):
+                visit(child, chain)
+
+    if result is not None:
+        visit(result, ())
+    return out
 
 
 def _change(baseline: float, latest: float, better: Optional[str]) -> str:
@@ -235,13 +246,16 @@ def _appeal(denial: dict, det, policy) -> dict:
 
 
 def letter_context(referral, determination, kind: str = "initial", draft: bool = False,
-                   denial: Optional[Mapping[str, Any]] = None, *, vocabulary=None, words: Optional[dict] = None) -> dict:
+                   denial: Optional[Mapping[str, Any]] = None, *, vocabulary=None, words: Optional[dict] = None,
+                   view: Optional[Mapping[str, Any]] = None, literature: Optional[Mapping[str, Any]] = None) -> dict:
     """Everything a letter says, as a plain JSON-able dict (strings, numbers, lists, dicts).
 
     `denial` (appeals): {reason, date?, reference?, criteria?: [criterion ids]}.
     Nothing clinical is worked out here: earlier courses, the patient's age, the product's
     codes and the dose come from the determination. (`vocabulary` is accepted for callers of
-    the earlier signature and not used.)
+    the earlier signature and not used.) A batch passes what it has already: `view`, the
+    determination's to_dict() (read, never changed), and `literature`, the table it read for
+    the run (content.literature_table()).
     """
     if kind not in KINDS:
         raise InputError(f"letter kind {kind!r}: expected one of {', '.join(KINDS)}")
@@ -251,7 +265,7 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
     words = words if words is not None else wording()
     req, pat, cov, pres = ref.request, ref.patient, ref.coverage, ref.prescriber
     policy = det.policy
-    view = content.det_view(det)  # the spec's determination: what the letter reads
+    view = view if view is not None else content.det_view(det)  # the spec's determination: what the letter reads
     d = view.get("dosing") or {}
     therapy = words["therapy"][req.therapy]
     auth = view.get("authorization") if isinstance(view.get("authorization"), dict) else None
@@ -302,11 +316,12 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "site_of_care": words["site_of_care"].get(req.site_of_care, req.site_of_care) if req.site_of_care else None,
         "start_date": us_date(req.start_date),
     }
-    covered = next((r for r, _ in _walk(det.result) if r.node.id == "diagnosis_covered"), None) if det.result else None
+    walked = list(_walk(det.result)) if det.result else []
+    covered = next((r for r, _ in walked if r.node.id == "diagnosis_covered"), None)
     idx = next((e.index for e in covered.evidence if e.kind == "diagnosis"), 0) if covered and covered.evidence else 0
     primary = ref.diagnoses[idx if idx is not None and idx < len(ref.diagnoses) else 0]
     finding_words = words["findings"]
-    lit = content.literature_table()
+    lit = literature if literature is not None else content.literature_table()
     appeals_rules = words.get("appeals") or content.appeals_table()
     lob, pa_required = content.line_of_business(view, ref)
     document = content.policy_document(view)
@@ -370,10 +385,9 @@ def letter_context(referral, determination, kind: str = "initial", draft: bool =
         "label": content.label_status(view),
         "billing": content.billing(view, ref, words),
         "pathways": [{"id": r.node.id, "label": r.node.label}
-                     for r, _ in (_walk(det.result) if det.result else ())
-                     if getattr(r.node, "pathway", False) and r.status == MET],
+                     for r, _ in walked if getattr(r.node, "pathway", False) and r.status == MET],
         "criteria": _met_leaves(det.result, policy),
-        "met_ids": [r.node.id for r, _ in (_walk(det.result) if det.result else ()) if r.status == MET],
+        "met_ids": [r.node.id for r, _ in walked if r.status == MET],
         "literature": content.literature(ref, primary.code, lit),
         "labs": {},
         "authorization": None,
