@@ -125,7 +125,8 @@ def main() -> None:
     from priorauth.batch.generate import write_samples
 
     b = _bench()
-    binary = soffice()
+    # --lo 0 asks for no LibreOffice conversions: the comparison is skipped, as without soffice
+    binary = soffice() if a.lo > 0 else None
     work = Path(tempfile.mkdtemp(prefix="priorauth-pdfbench-"))
     try:
         inp = work / "in"
@@ -162,7 +163,7 @@ def main() -> None:
             f"| (p) `priorauth batch --jobs 1 --format pdf` (Typst) | {best['p']['letters']:,} | {best['p']['seconds']:.2f} "
             f"| {rate['p']:,.1f} | " + (f"{rate['p'] / rate['l']:,.0f}x (l) | >= 100x (l): "
                                        f"{'yes' if rate['p'] >= 100 * rate['l'] else '**no**'} |" if "l" in rate else
-                                       "- | LibreOffice not installed: comparison skipped |"),
+                                       f"- | {'--lo 0' if a.lo <= 0 else 'LibreOffice not installed'}: comparison skipped |"),
         ]
         lines.append(f"| (t) Typst alone: the PDF render of letter contexts made beforehand, in-process "
                      f"| {best['t']['letters']:,} | {best['t']['seconds']:.2f} | {rate['t']:,.1f} | "
@@ -183,7 +184,9 @@ def main() -> None:
             f"| {rate['b']:,.1f} | {rate['b'] / rate['a']:.1f}x (a) | >= 20x (a): "
             f"{'yes' if rate['b'] >= 20 * rate['a'] else '**no**'} |",
         ]
-        if not binary:
+        if not binary and a.lo <= 0:
+            lines += ["", "--lo 0: no LibreOffice conversions, so the PDF comparison was skipped."]
+        elif not binary:
             lines += ["", "LibreOffice (`soffice`) is not on PATH: the PDF comparison was skipped. Install it only "
                           "for this measurement (`apt-get install libreoffice-writer-nogui`); priorauth never needs it."]
         per_round = []
