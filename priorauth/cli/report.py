@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..engine.determination import Determination
 from ..engine.result import evidence_where
-from ..engine.summary import billing_lines, dosing_line
+from ..engine.summary import billing_lines, dosing_line, policy_lines
 
 MARK = {"met": "MET", "not_met": "NOT MET", "unknown": "UNKNOWN"}
 HEADLINE = {
@@ -19,16 +19,7 @@ def explain(det: Determination, style=lambda text, **kw: text) -> str:
     colour = {"met": "green", "not_met": "red", "unknown": "yellow",
               "meets_criteria": "green", "missing_documentation": "yellow", "not_eligible": "red"}
     out = [style(f"{det.referral_id}: {HEADLINE[det.determination]}", fg=colour[det.determination], bold=True)]
-    ref = det.policy_ref()
-    if ref:
-        out.append(f"Policy: {ref['title']} ({ref['id']}, payer {ref['payer']}, version {ref['version']}, "
-                   f"effective {ref['effective']})")
-    if ref and ref.get("document"):
-        doc = ref["document"]
-        out.append(("Applies: " if doc.get("basis") else "Payer's policy: ") + doc["citation"]
-                   + (f", {doc['section']}" if doc.get("section") else ""))
-    if ref and ref.get("baseline_for_payer"):
-        out.append(f"No {ref['baseline_for_payer']} variant: criteria commonly used by US payers (baseline) applied")
+    out += policy_lines(det.policy_ref())
     pa = det.prior_authorization
     if pa:
         out.append(f"Prior authorization: {'required' if pa['required'] else 'none'} ({pa['label']})")

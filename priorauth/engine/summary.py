@@ -1,7 +1,23 @@
-"""The dosing and billing blocks of a determination (its JSON form) in plain words: the same
-text for the terminal report (`priorauth check`) and the case page of the service."""
+"""The policy, dosing and billing blocks of a determination (its JSON form) in plain words: the
+same text for the terminal report (`priorauth check`) and the case page of the service."""
 
 from __future__ import annotations
+
+
+def policy_lines(ref: dict | None) -> list[str]:
+    """Which policy decided, by its title and the payer's document (the id and version too, to
+    find the criteria file), and whether the baseline stood in for a payer without its own."""
+    if not ref:
+        return []
+    out = [f"Policy: {ref['title']} ({ref['id']}, payer {ref['payer']}, version {ref['version']}, "
+           f"effective {ref['effective']})"]
+    doc = ref.get("document")
+    if doc:
+        out.append(("Applies: " if doc.get("basis") else "Payer's policy: ") + doc["citation"]
+                   + (f", {doc['section']}" if doc.get("section") else ""))
+    if ref.get("baseline_for_payer"):
+        out.append(f"No {ref['baseline_for_payer']} variant: criteria commonly used by US payers (baseline) applied")
+    return out
 
 
 def dosing_line(d: dict | None) -> str:
@@ -41,9 +57,16 @@ def billing_lines(b: dict, auth: dict | None) -> list[str]:
     return out
 
 
-def _ndc(line: dict) -> str:
-    if line["ndc"]:
+def ndc_text(line: dict) -> str:
+    """A billing line's NDC as billed (11 digits), or its labeler-product code when only that is
+    on file (the caller says where the package code comes from: once per cell in a letter)."""
+    if line.get("ndc"):
         return f"NDC {line['ndc']}"
     if line.get("ndc_product"):
-        return f"NDC {line['ndc_product']}, package code from the carton"
-    return "NDC from the carton"
+        return f"NDC {line['ndc_product']}"
+    return "NDC from the dispensed carton"
+
+
+def _ndc(line: dict) -> str:
+    product_only = not line.get("ndc") and line.get("ndc_product")
+    return ndc_text(line) + (", package code from the carton" if product_only else "")

@@ -17,6 +17,7 @@ from datetime import date as Date, timedelta
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
+from ..engine.summary import ndc_text
 from .wording import num, us_date
 
 
@@ -98,16 +99,6 @@ def _is_baseline(view: Mapping[str, Any]) -> bool:
     """The baseline is no payer's policy: a letter never calls it the payer's (it says the
     criteria commonly used by US payers, and cites each source by name)."""
     return (view.get("policy") or {}).get("payer") == "baseline"
-
-
-def _ndc_text(line: Mapping[str, Any]) -> str:
-    """An NDC as billed (11 digits), or the labeler-product code when only that is on file (the
-    cell then says once, at its end, that the package code comes from the carton)."""
-    if line.get("ndc"):
-        return f"NDC {line['ndc']}"
-    if line.get("ndc_product"):
-        return f"NDC {line['ndc_product']}"
-    return "NDC from the dispensed carton"
 
 
 def payer_citations(view: Mapping[str, Any], *, short: bool = False) -> dict[str, str]:
@@ -214,7 +205,7 @@ def billing(view: Mapping[str, Any], ref, words: dict) -> dict:
         lines = [ln for ln in b.get("lines") or () if isinstance(ln, Mapping)]
         if lines:
             out["ndc"] = "; ".join(
-                _ndc_text(ln) + (f" ({num(ln['vial'])}{'' if isinstance(ln.get('vial'), str) else ' g'} vial)"
+                ndc_text(ln) + (f" ({num(ln['vial'])}{'' if isinstance(ln.get('vial'), str) else ' g'} vial)"
                                           if ln.get("vial") is not None else "")
                 + (f" × {num(ln['count'])}" if ln.get("count") is not None else "")
                 for ln in lines)

@@ -17,7 +17,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup, escape
 from starlette.datastructures import FormData, UploadFile
 
-from ..engine.summary import billing_lines, dosing_line
+from ..engine.summary import billing_lines, dosing_line, policy_lines
 from . import referrals
 from .auth import allowed, check_csrf, csrf_token, hash_password, session_user, verify_password
 from .referrals import BadInput
@@ -28,7 +28,7 @@ router = APIRouter()
 _env = Environment(loader=FileSystemLoader(Path(__file__).with_name("templates")),
                    autoescape=select_autoescape(["html"]), trim_blocks=True, lstrip_blocks=True,
                    auto_reload=False)  # templates ship with the package: no stat() per page
-_env.globals.update(dosing_line=dosing_line, billing_lines=billing_lines)  # the words `priorauth check` prints
+_env.globals.update(dosing_line=dosing_line, billing_lines=billing_lines, policy_lines=policy_lines)  # the words `priorauth check` prints
 PAGE_SIZE = 50
 SORT_LABELS = [("updated", "last change"), ("due", "renewal due"), ("status", "status"), ("payer", "payer"),
                ("patient", "patient")]

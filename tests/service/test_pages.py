@@ -68,6 +68,22 @@ def test_case_page_says_dosing_and_billing_in_the_words_of_check(env: Env) -> No
     assert "{'" not in section and "None" not in section and "_" not in re.sub(r"<[^>]+>", "", section)
 
 
+def test_case_page_names_the_policy_by_its_title_and_document(env: Env) -> None:
+    from html import unescape
+
+    from priorauth import check
+    from priorauth.engine.summary import policy_lines
+
+    cid = env.new_case()["case_id"]
+    page = unescape(env.browser("billing").get(f"/cases/{cid}").text)
+    ref = check(DATA / "dm-steroid-intolerance.yaml").to_dict()["policy"]
+    section = page[page.index("Determination:"):page.index("Dosing and billing")]
+    lines = policy_lines(ref)
+    assert lines[0].startswith(f"Policy: {ref['title']} (") and ref["document"]["citation"] in lines[1]
+    assert all(f"<li>{line}</li>" in section for line in lines)
+    assert "Pathways met:" in section
+
+
 def test_check_stores_nothing_unless_saved(env: Env) -> None:
     text = (DATA / "dm-steroid-intolerance.yaml").read_text()
     physician = env.browser("physician")
