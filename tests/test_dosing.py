@@ -133,3 +133,20 @@ def test_request_evidence_writes_numbers_as_a_person_does(decide):
     summary = next(e["summary"] for c in det.criteria() if c["id"] == "dosing" for e in c["evidence"])
     assert " 2 g/kg over " in summary and "every 4 weeks = 140 g per cycle" in summary
     assert ".0 " not in summary
+
+
+def test_billing_line_says_where_package_codes_come_from_once() -> None:
+    from priorauth.engine.summary import billing_lines
+
+    billing = {"per": "cycle", "hcpcs": "J1568", "dispensed_units": 196, "prescribed_units": 196, "waste_units": 0,
+               "modifier": "JZ", "administration": [], "place_of_service": None,
+               "lines": [{"ndc": None, "ndc_product": "68982-0850", "vial": "30 g", "count": 3},
+                         {"ndc": "68982-0850-04", "vial": "5 g", "count": 1},
+                         {"ndc": None, "ndc_product": "68982-0850", "vial": "2 g", "count": 4}]}
+    line = billing_lines(billing, None)[0]
+    assert "3 x 30 g (NDC 68982-0850), 1 x 5 g (NDC 68982-0850-04), 4 x 2 g (NDC 68982-0850)" in line
+    assert line.endswith("wasted 0 (JZ); package codes from the cartons") and line.count("carton") == 1
+    billing["lines"] = billing["lines"][:2]
+    assert billing_lines(billing, None)[0].endswith("; package code from the carton")
+    billing["lines"] = billing["lines"][1:]
+    assert "carton" not in billing_lines(billing, None)[0]

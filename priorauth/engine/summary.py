@@ -40,9 +40,12 @@ def billing_lines(b: dict, auth: dict | None) -> list[str]:
     per = b["per"]
     out = []
     if b["lines"]:
-        vials = ", ".join(f"{l['count']} x {l['vial']} ({_ndc(l)})" for l in b["lines"])
+        vials = ", ".join(f"{l['count']} x {l['vial']} ({ndc_text(l)})" for l in b["lines"])
+        # a labeler-product code alone: where the package code comes from, said once for the line
+        carton = sum(1 for l in b["lines"] if not l.get("ndc") and l.get("ndc_product"))
+        note = "" if not carton else "; package codes from the cartons" if carton > 1 else "; package code from the carton"
         out.append(f"dispensed per {per}: {vials} = {b['dispensed_units']} units of {b['hcpcs']}; "
-                   f"prescribed {b['prescribed_units']}, wasted {b['waste_units']} ({b['modifier']})")
+                   f"prescribed {b['prescribed_units']}, wasted {b['waste_units']} ({b['modifier']}){note}")
     for a in b["administration"]:
         units = a["units"] if a["units"] is not None else (a.get("rule") or "from the infusion record")
         out.append(f"administration {a['cpt']}: {a['description']}; units per {per}: {units}")
@@ -67,6 +70,3 @@ def ndc_text(line: dict) -> str:
     return "NDC from the dispensed carton"
 
 
-def _ndc(line: dict) -> str:
-    product_only = not line.get("ndc") and line.get("ndc_product")
-    return ndc_text(line) + (", package code from the carton" if product_only else "")
