@@ -237,3 +237,27 @@ def test_shortcuts_change_no_outcome_and_no_message(monkeypatch):
     monkeypatch.setattr(yamlio, "_MAY_ANCHOR", re.compile(""))
     monkeypatch.setattr(yamlio, "_Builder", AlwaysChecked)
     assert [_ours(t) for t in texts] == shortcut
+
+
+@pytest.mark.parametrize("reader", ["read_bytes", "batch"])
+def test_a_file_longer_than_fstat_said_is_read_whole_and_still_bounded(tmp_path, monkeypatch, reader) -> None:
+    """Reads ask for the size fstat gives (not an 8 MB buffer per file), then read on: a file
+    that grew after fstat is read whole, and one that grew past the limit is refused."""
+    import os
+
+    from priorauth.batch.run import _read
+
+    real = os.fstat
+    monkeypatch.setattr(os, "fstat", lambda fd: os.stat_result((*real(fd)[:6], 10, *real(fd)[7:])))
+    monkeypatch.setattr(yamlio, "MAX_FILE_BYTES", 4096)
+    small, big = tmp_path / "small.yaml", tmp_path / "big.yaml"
+    small.write_bytes(b"x" * 3000)
+    big.write_bytes(b"x" * 5000)
+    if reader == "read_bytes":
+        assert yamlio.read_bytes(small) == b"x" * 3000
+        with pytest.raises(InputError, match="over the 4,096 bytes limit"):
+            yamlio.read_bytes(big)
+    else:
+        assert _read((0, "small.yaml", str(small), None)) == (b"x" * 3000, None)
+        data, failed = _read((1, "big.yaml", str(big), None))
+        assert data is None and failed[5] == "invalid" and "over the 4,096 bytes limit" in failed[9]

@@ -370,7 +370,11 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes:
                 size = 0
             if size > limit:
                 raise InputError(f"{path}: {size:,} bytes, over the {size_text(limit)} limit for one input file")
-            raw = fh.read(limit + 1)  # a FIFO or a growing file: never more than the limit
+            # what fstat says is there, and one byte more; a FIFO or a growing file reads on,
+            # never past the limit (one read of limit + 1 bytes makes an 8 MB buffer each time)
+            raw = fh.read(size + 1)
+            if len(raw) > size:
+                raw += fh.read(limit + 1 - len(raw))
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, not a file") from None
     except OSError as exc:
