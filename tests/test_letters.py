@@ -773,3 +773,29 @@ def test_a_denial_file_does_not_echo_a_key_that_may_be_data(tmp_path, runner):
     got = runner.invoke(cli, ["letter", str(ROOT / "samples" / "dm-steroid-intolerance.yaml"), "-o",
                               str(tmp_path / "a.md"), "--denial", str(denial)])
     assert got.exit_code == 2 and "Eleanor Whitfield" not in got.output and "unknown field" in got.output
+
+
+@pytest.mark.parametrize("command", ["letter", "packet", "check", "explain", "lint", "policies", "schema"])
+def test_cli_help_examples_run(tmp_path, monkeypatch, command):
+    """Every example a --help gives runs as written, from a folder holding the samples."""
+    import shlex
+
+    result = CliRunner().invoke(cli, [command, "--help"])
+    text = result.output.split("Example:")[1].split("Options:")[0]
+    examples = [shlex.split(line) for line in text.replace("\\\n", " ").splitlines() if line.strip()]
+    assert examples and all(args[0] == "priorauth" for args in examples)
+    (tmp_path / "samples").symlink_to(ROOT / "samples")
+    (tmp_path / "my-criteria").symlink_to(ROOT / "criteria")  # lint's example: a user's criteria folder
+    monkeypatch.chdir(tmp_path)
+    for args in examples:
+        for shell in ("|", ">"):  # `... --json | jq .missing`, `... > x.json`: the command itself
+            args = args[:args.index(shell)] if shell in args else args
+        for flag, a in zip(["", *args], args):
+            if a.endswith((".docx", ".pdf", ".html", ".md")) and "/" in a and not a.startswith("samples/"):
+                (tmp_path / a).parent.mkdir(parents=True, exist_ok=True)
+            if flag == "--attach":  # the example's records: a one-page PDF each
+                import typst
+
+                (tmp_path / a).write_bytes(typst.compile(b"= Record"))
+        r = CliRunner().invoke(cli, args[1:])
+        assert r.exit_code in (0, 1) if command == "check" else r.exit_code == 0, (args, r.output)

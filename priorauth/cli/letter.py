@@ -89,7 +89,7 @@ def letter(referral, output, fmt, kind, force, draft, template, denial_file, den
         priorauth letter samples/pm-undated-steroid-trial.yaml -o draft.html --draft
         priorauth letter samples/dm-steroid-intolerance.yaml -o p2p.pdf --kind p2p
         priorauth letter samples/dm-steroid-intolerance.yaml -o appeal.docx --kind appeal \\
-            --denial-reason "steroid trial not documented" --denial-date 2026-12-01 --denial-reference PA-778812
+            --denial-reason "steroid trial not documented" --denial-date 2026-11-01 --denial-reference PA-778812
     """
     from ..engine.determination import determine
     from ..letters.render import format_for, letters_for, write_letter
