@@ -145,8 +145,8 @@ def test_billing_line_says_where_package_codes_come_from_once() -> None:
                          {"ndc": None, "ndc_product": "68982-0850", "vial": "2 g", "count": 4}]}
     line = billing_lines(billing, None)[0]
     assert "3 x 30 g (NDC 68982-0850), 1 x 5 g (NDC 68982-0850-04), 4 x 2 g (NDC 68982-0850)" in line
-    assert line.endswith("wasted 0 (JZ); package codes from the cartons") and line.count("carton") == 1
+    assert line.endswith("wasted 0 (JZ); package codes to be added from the cartons") and line.count("carton") == 1
     billing["lines"] = billing["lines"][:2]
-    assert billing_lines(billing, None)[0].endswith("; package code from the carton")
+    assert billing_lines(billing, None)[0].endswith("; package code to be added from the carton")
     billing["lines"] = billing["lines"][1:]
     assert "carton" not in billing_lines(billing, None)[0]

@@ -358,6 +358,16 @@ def size_text(n: int) -> str:
     return f"{n >> 20} MiB" if n >= 1 << 20 else f"{n:,} bytes"
 
 
+def read_upto(fh: BinaryIO, size: int, limit: int) -> bytes:
+    """An open file's bytes: the `size` fstat gave (at most `limit`) and one byte more, then on,
+    if the file is still growing (or a FIFO), to limit + 1 bytes, so the caller can refuse it.
+    One read of limit + 1 bytes would make an 8 MiB buffer for every 3 KB referral."""
+    data = fh.read(size + 1)
+    if len(data) > size:
+        data += fh.read(limit + 1 - len(data))
+    return data
+
+
 def read_bytes(path: Path, limit: int | None = None) -> bytes:
     """A file's bytes, refused before reading it whole when it is larger than `limit`
     (default MAX_FILE_BYTES)."""
@@ -370,11 +380,7 @@ def read_bytes(path: Path, limit: int | None = None) -> bytes:
                 size = 0
             if size > limit:
                 raise InputError(f"{path}: {size:,} bytes, over the {size_text(limit)} limit for one input file")
-            # what fstat says is there, and one byte more; a FIFO or a growing file reads on,
-            # never past the limit (one read of limit + 1 bytes makes an 8 MB buffer each time)
-            raw = fh.read(size + 1)
-            if len(raw) > size:
-                raw += fh.read(limit + 1 - len(raw))
+            raw = read_upto(fh, size, limit)
     except IsADirectoryError:
         raise InputError(f"{path}: is a folder, not a file") from None
     except OSError as exc:

@@ -41,11 +41,9 @@ def billing_lines(b: dict, auth: dict | None) -> list[str]:
     out = []
     if b["lines"]:
         vials = ", ".join(f"{l['count']} x {l['vial']} ({ndc_text(l)})" for l in b["lines"])
-        # a labeler-product code alone: where the package code comes from, said once for the line
-        carton = sum(1 for l in b["lines"] if not l.get("ndc") and l.get("ndc_product"))
-        note = "" if not carton else "; package codes from the cartons" if carton > 1 else "; package code from the carton"
         out.append(f"dispensed per {per}: {vials} = {b['dispensed_units']} units of {b['hcpcs']}; "
-                   f"prescribed {b['prescribed_units']}, wasted {b['waste_units']} ({b['modifier']}){note}")
+                   f"prescribed {b['prescribed_units']}, wasted {b['waste_units']} ({b['modifier']})"
+                   + carton_note(b["lines"]))
     for a in b["administration"]:
         units = a["units"] if a["units"] is not None else (a.get("rule") or "from the infusion record")
         out.append(f"administration {a['cpt']}: {a['description']}; units per {per}: {units}")
@@ -70,3 +68,9 @@ def ndc_text(line: dict) -> str:
     return "NDC from the dispensed carton"
 
 
+def carton_note(lines) -> str:
+    """Said once after the vials, when some have only a labeler-product code: where their
+    package codes come from."""
+    n = sum(1 for line in lines if not line.get("ndc") and line.get("ndc_product"))
+    return "" if not n else "; package codes to be added from the cartons" if n > 1 else \
+        "; package code to be added from the carton"

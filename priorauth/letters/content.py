@@ -17,7 +17,7 @@ from datetime import date as Date, timedelta
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..engine.summary import ndc_text
+from ..engine.summary import carton_note, ndc_text
 from .wording import num, us_date
 
 
@@ -209,9 +209,7 @@ def billing(view: Mapping[str, Any], ref, words: dict) -> dict:
                                           if ln.get("vial") is not None else "")
                 + (f" × {num(ln['count'])}" if ln.get("count") is not None else "")
                 for ln in lines)
-            if any(not ln.get("ndc") and ln.get("ndc_product") for ln in lines):
-                out["ndc"] += ("; package codes to be added from the cartons" if len(lines) > 1
-                               else "; package code to be added from the carton")
+            out["ndc"] += carton_note(lines)
         if b.get("dispensed_units") is not None:
             unit = f" of {b['unit']}" if b.get("unit") else ""
             per = b.get("per") or "cycle"
